@@ -1,0 +1,88 @@
+# DwarfStar 4 build.
+#
+#   make            core library + programs (./ds4, ./ds4-quantize)
+#   make test       every test (C unit tests via cmocka, Python cross-checks)
+#   make bench      benchmarks (print numbers; never part of `make test`)
+#   make fuzz       libFuzzer harnesses (clang)
+#
+# Every src/*.c goes into libds4.a. Files named *_avx2.c are compiled with
+# AVX2/FMA/F16C enabled and are only entered after a runtime CPU check, so the
+# binaries still run on CPUs without AVX2.
+
+CC      ?= cc
+PYTHON  ?= python3
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -Iinclude -Isrc -Iquantize -Icli -MMD -MP
+LDLIBS  += -lm -pthread
+SIMD_FLAGS_AVX2 = -mavx2 -mfma -mf16c
+
+BUILD   = build
+LIB_SRC = $(wildcard src/*.c)
+LIB_OBJ = $(patsubst src/%.c,$(BUILD)/src/%.o,$(LIB_SRC))
+LIB     = $(BUILD)/libds4.a
+
+PROGRAMS = ds4 ds4-quantize
+TEST_SRC = $(wildcard tests/test_*.c)
+TEST_BIN = $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_SRC = $(wildcard bench/*.c)
+BENCH_BIN = $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+TOOL_SRC = $(wildcard tests/tools/*.c)
+TOOL_BIN = $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(TOOL_SRC))
+
+all: $(PROGRAMS)
+
+$(BUILD)/src/%_avx2.o: src/%_avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SIMD_FLAGS_AVX2) -c $< -o $@
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# ./ds4 is cli/ds4_main.c (subcommand dispatch) + one cli/cmd_*.c per subcommand.
+CLI_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
+ds4: $(CLI_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+# ./ds4-quantize: the converter front-end (quantize/*.c; uses cJSON).
+QUANTIZE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard quantize/*.c))
+ds4-quantize: $(QUANTIZE_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ -lcjson $(LDLIBS)
+
+# Tests may use converter code (quantize/*.c except its main).
+QUANTIZE_LIB_OBJ = $(filter-out $(BUILD)/quantize/main.o,$(QUANTIZE_OBJ))
+$(BUILD)/tests/test_%: $(BUILD)/tests/test_%.o $(QUANTIZE_LIB_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ -lcmocka -lcjson $(LDLIBS)
+
+$(BUILD)/tests/tools/%: $(BUILD)/tests/tools/%.o $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ -lcjson $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+# `make test`: C unit tests first, then the script-driven checks that run the
+# real programs on real files (tests/run_*.sh, in name order).
+test: all $(TEST_BIN) $(TOOL_BIN)
+	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t; done
+	@set -e; for s in $(sort $(wildcard tests/run_*.sh)); do echo "== $$s"; PYTHON=$(PYTHON) sh $$s; done
+	@echo "all tests passed"
+
+bench: all $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do echo "== $$b"; $$b; done
+
+FUZZ_CC ?= clang
+fuzz: $(BUILD)/fuzz/fuzz_gguf
+$(BUILD)/fuzz/fuzz_gguf: fuzz/fuzz_gguf.c $(LIB_SRC)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc fuzz/fuzz_gguf.c src/gguf.c src/dtype.c -o $@ -lm
+
+clean:
+	rm -rf $(BUILD) $(PROGRAMS)
+
+.PHONY: all test bench fuzz clean
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,8 @@
+/* commands.h - entry points of the `ds4` subcommands (argv[0] is the
+ * subcommand name). Each returns the process exit status. */
+#ifndef DS4_CLI_COMMANDS_H
+#define DS4_CLI_COMMANDS_H
+
+int ds4_cmd_info(int argc, char **argv);
+
+#endif

@@ -1,0 +1,24 @@
+/* ds4_main.c - the `ds4` command: dispatches to one subcommand per file
+ * (cli/cmd_*.c). */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: ds4 <command> [options]\n"
+            "commands:\n"
+            "  info FILE.gguf        metadata, tensor table, bytes per type, DS4 schema check\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "info") == 0) return ds4_cmd_info(argc - 1, argv + 1);
+    fprintf(stderr, "ds4: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
