@@ -246,7 +246,7 @@ static float iq2_sub_error(const iq2_group_scores *gs, float S, int *points) {
 /* Continuous best scale for one sub-block (0 if nothing to fit). */
 static float iq2_fit_sub_scale(const iq2_group_scores *gs, float tmax) {
     if (!(tmax > 0.0f)) return 0.0f;
-    int pts[4];
+    int pts[4], best_pts[4] = {0, 0, 0, 0};
     float best_S = 0.0f, best_err = 0.0f; /* error term of S = 0 is 0 */
     /* Sweep: the largest target lands near level 5.375 (ratio 1) or 3.125
      * (ratio 1.72); 8 geometric steps of 16% cover [0.7, 2.0]. Two more
@@ -262,15 +262,15 @@ static float iq2_fit_sub_scale(const iq2_group_scores *gs, float tmax) {
         if (err < best_err) {
             best_err = err;
             best_S = S;
+            memcpy(best_pts, pts, sizeof pts);
         }
     }
     /* Refit S by least squares for the chosen points, re-choose, repeat. */
     for (int iter = 0; iter < 4 && best_S > 0.0f; iter++) {
-        iq2_sub_error(gs, best_S, pts);
         float sa2 = 0.0f, sb = 0.0f;
         for (int g = 0; g < 4; g++) {
-            sa2 += gs[g].A2[pts[g]];
-            sb += gs[g].B[pts[g]];
+            sa2 += gs[g].A2[best_pts[g]];
+            sb += gs[g].B[best_pts[g]];
         }
         if (!(sb > 0.0f) || !(sa2 > 0.0f)) break;
         const float S = 0.5f * sa2 / sb;
@@ -278,6 +278,7 @@ static float iq2_fit_sub_scale(const iq2_group_scores *gs, float tmax) {
         if (!(err < best_err)) break;
         best_err = err;
         best_S = S;
+        memcpy(best_pts, pts, sizeof pts);
     }
     return best_S;
 }

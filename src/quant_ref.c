@@ -265,8 +265,8 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
 
     /* Sweep the code density: iscale = (nmax + t)/(hi - lo), t ∈ [-1, 1]. */
     uint8_t Lc[KQ_MAX_SUB];
-    for (int k = 0; k <= 20; k++) {
-        const float iscale = (nmax - 1.0f + 0.1f * k) / (hi - lo);
+    for (int k = 0; k <= 10; k++) {
+        const float iscale = (nmax - 1.0f + 0.2f * k) / (hi - lo);
         for (int i = 0; i < n; i++) {
             const int l = round_half_even((x[i] - lo) * iscale);
             Lc[i] = (uint8_t)clamp_int(l, 0, nmax);
