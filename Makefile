@@ -10,7 +10,7 @@
 # binaries still run on CPUs without AVX2.
 
 CC      ?= cc
-PYTHON  ?= python3
+PYTHON  ?= $(if $(wildcard .venv/bin/python3),$(CURDIR)/.venv/bin/python3,python3)
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -Iinclude -Isrc -Iquantize -Icli -MMD -MP
@@ -72,6 +72,19 @@ test: all $(TEST_BIN) $(TOOL_BIN)
 	@set -e; for s in $(sort $(wildcard tests/run_*.sh)); do echo "== $$s"; PYTHON=$(PYTHON) sh $$s; done
 	@echo "all tests passed"
 
+# `make deps`: Debian packages + .venv with the Python test requirements.
+deps:
+	.ci/install-deps
+
+# `make demo`: the README's first command. Rebuilds the tiny Flash-shaped model
+# from its seed (numpy), converts it with the q2 recipe and inspects it.
+DEMO_DIR = build/demo
+demo: all
+	@mkdir -p $(DEMO_DIR)
+	$(PYTHON) tools/make_checkpoint.py --config tools/configs/tiny-flash.json --seed 1 --out $(DEMO_DIR)/tiny-flash-hf > /dev/null
+	./ds4-quantize --hf $(DEMO_DIR)/tiny-flash-hf --out $(DEMO_DIR)/tiny-flash-q2.gguf --recipe q2
+	./ds4 info $(DEMO_DIR)/tiny-flash-q2.gguf
+
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b; done
 
@@ -84,5 +97,5 @@ $(BUILD)/fuzz/fuzz_gguf: fuzz/fuzz_gguf.c $(LIB_SRC)
 clean:
 	rm -rf $(BUILD) $(PROGRAMS)
 
-.PHONY: all test bench fuzz clean
+.PHONY: all test bench fuzz clean demo deps
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

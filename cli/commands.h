@@ -4,5 +4,7 @@
 #define DS4_CLI_COMMANDS_H
 
 int ds4_cmd_info(int argc, char **argv);
+int ds4_cmd_logits(int argc, char **argv);
+int ds4_cmd_generate(int argc, char **argv);
 
 #endif

@@ -9,7 +9,9 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ds4 <command> [options]\n"
             "commands:\n"
-            "  info FILE.gguf        metadata, tensor table, bytes per type, DS4 schema check\n");
+            "  info FILE.gguf        metadata, tensor table, bytes per type, DS4 schema check\n"
+            "  logits -m FILE ...    logits for every position of a token-id sequence\n"
+            "  generate -m FILE ...  continue a token-id sequence (greedy or sampled)\n");
 }
 
 int main(int argc, char **argv) {
@@ -18,6 +20,8 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "info") == 0) return ds4_cmd_info(argc - 1, argv + 1);
+    if (strcmp(argv[1], "logits") == 0) return ds4_cmd_logits(argc - 1, argv + 1);
+    if (strcmp(argv[1], "generate") == 0) return ds4_cmd_generate(argc - 1, argv + 1);
     fprintf(stderr, "ds4: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -278,12 +278,12 @@ static bool parse_file(gguf_file *f, char *err, size_t errlen) {
     if (!cursor_u64(&c, &f->n_tensors, "tensor count") || !cursor_u64(&c, &f->n_kv, "metadata count")) return false;
     /* a KV entry takes >= 8 (key len) + 4 (type) + 1 bytes; a tensor info >= 8+4+8+4+8 */
     if (f->n_kv > cursor_left(&c) / 13) {
-        set_err(err, errlen, "header claims %llu metadata entries, more than the file can hold",
+        set_err(err, errlen, "header claims %llu metadata entries, more than the file can hold (truncated or corrupt file?)",
                 (unsigned long long)f->n_kv);
         return false;
     }
     if (f->n_tensors > cursor_left(&c) / 32) {
-        set_err(err, errlen, "header claims %llu tensors, more than the file can hold",
+        set_err(err, errlen, "header claims %llu tensors, more than the file can hold (truncated or corrupt file?)",
                 (unsigned long long)f->n_tensors);
         return false;
     }

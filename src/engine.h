@@ -1,0 +1,67 @@
+/* engine.h - internal definitions shared by the engine's files: the loaded
+ * model (weights + thread pool + per-layer RoPE tables) and the session state
+ * (the KV cache in all its DS4 forms). Not part of the public API (ds4.h).
+ *
+ * Per-layer state, D = head_dim, ID = indexer head dim, R = compress ratio,
+ * c = 2 for the overlapping ratio-4 compressor else 1:
+ *   raw     [raw_cap][D]    ring of the last raw KV rows; position p lives in
+ *                           row p % raw_cap (raw_cap >= sliding_window + chunk - 1
+ *                           so a whole prefill chunk fits beside its window)
+ *   comp    [comp_cap][D]   compressed KV rows, one per closed window of R tokens
+ *   comp_kv, comp_sc [c*R][c*D]  compressor frontier: projected kv and gate
+ *                           scores of the tokens of the open window (rows
+ *                           R..2R-1 for ratio 4, whose rows 0..R-1 hold the
+ *                           previous window); scores start at -inf
+ *   idx     [comp_cap][ID]  indexer keys (ratio-4 layers), with idx_kv/idx_sc
+ *                           frontier [c*R][c*ID] like the compressor's
+ */
+#ifndef DS4_ENGINE_H
+#define DS4_ENGINE_H
+
+#include "ds4.h"
+#include "model.h"
+#include "threadpool.h"
+
+struct ds4_model {
+    ds4_model_weights *w;
+    const ds4_hparams *hp;
+    ds4_pool *pool;
+    bool exact;
+    int prefill_chunk;
+    float *rope_main; /* [n_rot/2] inverse frequencies, uncompressed layers */
+    float *rope_comp; /* [n_rot/2] compressed layers (compress base + YaRN) */
+};
+
+typedef struct {
+    float *raw;
+    float *comp;
+    uint32_t n_comp;
+    float *comp_kv, *comp_sc;
+    float *idx;
+    uint32_t n_idx;
+    float *idx_kv, *idx_sc;
+} ds4_layer_state;
+
+struct ds4_session {
+    ds4_model *m;
+    uint32_t n_ctx;
+    uint32_t raw_cap;
+    uint32_t n_tokens;
+    int32_t *tokens;        /* [n_ctx] */
+    ds4_layer_state *ls;    /* [n_layer] */
+    float *logits;          /* [vocab]: after the last token */
+    bool has_logits;
+};
+
+/* Rows of compressed state a layer can hold for n_ctx tokens. */
+static inline uint32_t ds4_comp_cap(uint32_t n_ctx, uint32_t ratio) { return ratio ? n_ctx / ratio + 1 : 0; }
+
+/* Runs tokens[0..T) at positions s->n_tokens.. through the model (T no more
+ * than the prefill chunk); writes [T][vocab] logits to all_logits if non-NULL
+ * and the last row to s->logits. Does not validate (ds4_session_eval does). */
+void ds4_forward_chunk(ds4_session *s, const int32_t *tokens, uint32_t T, float *all_logits);
+
+/* Resets a layer's frontier (kv 0, scores -inf). */
+void ds4_layer_state_reset_frontier(const ds4_hparams *hp, uint32_t il, ds4_layer_state *st);
+
+#endif
