@@ -23,13 +23,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 static const ds4_quant_kernels *active_kernels = &ds4_quant_kernels_ref;
 static pthread_once_t active_once = PTHREAD_ONCE_INIT;
 
+/* AVX2 and FMA via the compiler's CPU model (which also checks that the OS
+ * saves the YMM registers); F16C from CPUID leaf 1 (ECX bit 29), since not
+ * every compiler knows "f16c" as a feature name. */
 static bool cpu_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
 #else
     return false;
 #endif

@@ -44,8 +44,9 @@
  * imatrix was collected) also uses the fallback; individual zero or negative
  * entries are raised to a small floor (1e-3 of the super-block mean).
  *
- * Search tables (per grid point: its three-level code and the indices of its
- * two halves in the 81-entry half tables) are built once, with pthread_once.
+ * Search tables (per grid point, the base-3 level codes of its two 4-value
+ * halves, i.e. its rows in the 81-entry half tables) are built once, with
+ * pthread_once, on the first quantization.
  */
 #include "quant.h"
 
