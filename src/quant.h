@@ -9,7 +9,8 @@
  *
  * A "row" is n consecutive values; n must be a multiple of the type's block
  * size (dtype.h). Importance weights ("imatrix") are per column: n floats,
- * larger = that column's error matters more. NULL means uniform, except for
+ * larger = that column's error matters more (negative or NaN entries count as
+ * 0). NULL means no column preference, except for
  * IQ2_XXS which needs weights and uses the per-row fallback w[i] = x[i]^2
  * blend documented in quant_iq2xxs.c; callers converting whole tensors pass
  * the Σ_rows w² column fallback (ds4_quant_column_sumsq) instead of NULL.

@@ -517,6 +517,21 @@ static void test_q8_k_layout(void **state) {
     }
     assert_int_equal(b[0].qs[5], -127);
     assert_true(b[0].d > 0.0f);
+
+    /* magnitude ties: the first element of largest magnitude sets the sign
+     * of d, in the reference and the SIMD path alike */
+    for (int order = 0; order < 2; order++) {
+        ds4_block_q8_k ref, simd;
+        fill_gauss(&r, x, 256, 1.0f);
+        x[200] = order ? 8.0f : -8.0f;
+        x[9] = -x[200];
+        ds4_quantize_row_ref(DS4_TYPE_Q8_K, x, &ref, 256, NULL);
+        ds4_quantize_row(DS4_TYPE_Q8_K, x, &simd, 256, NULL);
+        assert_memory_equal(&ref, &simd, sizeof ref);
+        assert_int_equal(ref.qs[9], -127);
+        assert_int_equal(ref.qs[200], 127);
+        assert_true(order ? ref.d > 0.0f : ref.d < 0.0f);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
