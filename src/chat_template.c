@@ -631,6 +631,16 @@ char *ds4_json_python_dumps(const char *json, size_t len, char *err, size_t errl
     return b.p;
 }
 
+char *ds4_json_python_quote(const char *s, size_t n) {
+    sbuf b = {0};
+    py_str(&b, s, n);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
 /* ------------------------------------------------------------------------ */
 /* output with client spans */
 

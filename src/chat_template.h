@@ -102,5 +102,7 @@ bool ds4_chat_prompt_ids(const ds4_tokenizer *t, const char *system, const char 
  * NUL-terminated string (NULL + message if json is not valid JSON). Exposed
  * for the DSML parser and tests. */
 char *ds4_json_python_dumps(const char *json, size_t len, char *err, size_t errlen);
+/* Python json.dumps(str, ensure_ascii=False) of the UTF-8 text s[0..n). */
+char *ds4_json_python_quote(const char *s, size_t n);
 
 #endif

