@@ -13,9 +13,11 @@ CC      ?= cc
 PYTHON  ?= $(if $(wildcard .venv/bin/python3),$(CURDIR)/.venv/bin/python3,python3)
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -Iinclude -Isrc -Iquantize -Icli -MMD -MP
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -Iinclude -Isrc -Iquantize -Icli -MMD -MP $(CPPFLAGS)
 LDLIBS  += -lm -pthread
-SIMD_FLAGS_AVX2 = -mavx2 -mfma -mf16c
+ARCH    := $(shell uname -m)
+# AVX2 kernels are compiled only on x86-64 (quant_avx2.c is empty elsewhere).
+SIMD_FLAGS_AVX2 = $(if $(filter x86_64 amd64,$(ARCH)),-mavx2 -mfma -mf16c,)
 
 BUILD   = build
 LIB_SRC = $(wildcard src/*.c)
@@ -47,23 +49,23 @@ $(LIB): $(LIB_OBJ)
 # ./ds4 is cli/ds4_main.c (subcommand dispatch) + one cli/cmd_*.c per subcommand.
 CLI_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 ds4: $(CLI_OBJ) $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # ./ds4-quantize: the converter front-end (quantize/*.c; uses cJSON).
 QUANTIZE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard quantize/*.c))
 ds4-quantize: $(QUANTIZE_OBJ) $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ -lcjson $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ -lcjson $(LDLIBS)
 
 # Tests may use converter code (quantize/*.c except its main).
 QUANTIZE_LIB_OBJ = $(filter-out $(BUILD)/quantize/main.o,$(QUANTIZE_OBJ))
 $(BUILD)/tests/test_%: $(BUILD)/tests/test_%.o $(QUANTIZE_LIB_OBJ) $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ -lcmocka -lcjson $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ -lcmocka -lcjson $(LDLIBS)
 
 $(BUILD)/tests/tools/%: $(BUILD)/tests/tools/%.o $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ -lcjson $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ -lcjson $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # `make test`: C unit tests first, then the script-driven checks that run the
 # real programs on real files (tests/run_*.sh, in name order).

@@ -1,6 +1,7 @@
 /* cmd_run.c - `ds4 logits` and `ds4 generate`: the token-id interfaces.
  *
  *   ds4 logits -m FILE.gguf --tokens-file IDS.txt --out OUT.f32 [--exact] [--decode]
+ *       [--dump-topk F.i32] [--sim-no-f16]
  *       writes little-endian float32 logits [n_tokens x vocab], one row per
  *       input position (batched prefill, or one token at a time with --decode)
  *   ds4 generate -m FILE.gguf --tokens "1 2 3" -n N [--temp T] [--seed S]
@@ -19,8 +20,8 @@
 #include "ds4.h"
 
 typedef struct {
-    const char *model, *tokens_file, *tokens_str, *out, *save, *load;
-    bool exact, decode;
+    const char *model, *tokens_file, *tokens_str, *out, *save, *load, *dump_topk;
+    bool exact, decode, no_f16;
     int threads, chunk, n_gen;
     uint32_t ctx;
     ds4_sampler_params sp;
@@ -73,6 +74,7 @@ static int parse_args(const char *cmd, int argc, char **argv, run_args *a) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--exact")) { a->exact = true; continue; }
         if (!strcmp(f, "--decode")) { a->decode = true; continue; }
+        if (!strcmp(f, "--sim-no-f16")) { a->no_f16 = true; continue; }
         if (!v) return usage_error(cmd, "missing value after the last option");
         i++;
         if (!strcmp(f, "-m") || !strcmp(f, "--model")) a->model = v;
@@ -80,6 +82,7 @@ static int parse_args(const char *cmd, int argc, char **argv, run_args *a) {
         else if (!strcmp(f, "--tokens")) a->tokens_str = v;
         else if (!strcmp(f, "--out")) a->out = v;
         else if (!strcmp(f, "--save-session")) a->save = v;
+        else if (!strcmp(f, "--dump-topk")) a->dump_topk = v;
         else if (!strcmp(f, "--load-session")) a->load = v;
         else if (!strcmp(f, "--threads") || !strcmp(f, "-t")) a->threads = atoi(v);
         else if (!strcmp(f, "--chunk")) a->chunk = atoi(v);
@@ -104,7 +107,8 @@ static int parse_args(const char *cmd, int argc, char **argv, run_args *a) {
 /* Loads model + session (+ saved state), returns 0 or an exit status. */
 static int open_session(const char *cmd, const run_args *a, uint32_t n_needed, ds4_model **m, ds4_session **s) {
     char err[512];
-    ds4_model_params mp = {.n_threads = a->threads, .exact = a->exact, .prefill_chunk = a->chunk};
+    ds4_model_params mp = {.n_threads = a->threads, .exact = a->exact, .prefill_chunk = a->chunk,
+                           .no_f16_rounding = a->no_f16};
     *m = ds4_model_load(a->model, &mp, err, sizeof err);
     if (!*m) {
         fprintf(stderr, "ds4 %s: %s\n", cmd, err);
@@ -126,7 +130,9 @@ static int open_session(const char *cmd, const run_args *a, uint32_t n_needed, d
 int ds4_cmd_logits(int argc, char **argv) {
     if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
         printf("usage: ds4 logits -m FILE.gguf --tokens-file IDS.txt --out OUT.f32 [--exact] [--decode]\n"
-               "                  [--threads N] [--ctx N] [--chunk N] [--load-session F] [--save-session F]\n");
+               "                  [--threads N] [--ctx N] [--chunk N] [--load-session F] [--save-session F]\n"
+               "                  [--dump-topk F.i32]  indexer choices, int32 [ratio-4 layers][tokens][top_k]\n"
+               "                  [--sim-no-f16]       keep FP8/FP4 simulation, skip F16 cache rounding\n");
         return 0;
     }
     run_args a;
@@ -165,6 +171,16 @@ int ds4_cmd_logits(int argc, char **argv) {
         rc = 1;
         goto out;
     }
+    int32_t *topk = NULL;
+    size_t topk_n = 0;
+    if (a.dump_topk) {
+        uint32_t n_csa = 0, K = 0;
+        if (!ds4_model_indexer_shape(m, &n_csa, &K)) n_csa = 0;
+        topk_n = (size_t)n_csa * n * K;
+        topk = malloc((topk_n ? topk_n : 1) * sizeof(int32_t));
+        for (size_t i = 0; i < topk_n; i++) topk[i] = -1;
+        ds4_session_trace_indexer(s, topk, n);
+    }
     bool ok = true;
     if (a.decode)
         for (uint32_t i = 0; ok && i < n; i++) ok = ds4_session_eval(s, ids + i, 1, logits + (size_t)i * V, err, sizeof err);
@@ -183,7 +199,16 @@ int ds4_cmd_logits(int argc, char **argv) {
             fprintf(stderr, "ds4 logits: %s\n", err);
             rc = 1;
         }
+        if (!rc && topk) {
+            FILE *tf = fopen(a.dump_topk, "wb");
+            if (!tf || fwrite(topk, sizeof(int32_t), topk_n, tf) != topk_n || fclose(tf) != 0) {
+                fprintf(stderr, "ds4 logits: %s: write failed\n", a.dump_topk);
+                rc = 1;
+            }
+        }
     }
+    ds4_session_trace_indexer(s, NULL, 0);
+    free(topk);
     free(logits);
 out:
     free(ids);

@@ -28,12 +28,15 @@ typedef struct {
     int n_threads;        /* 0: all cores */
     bool exact;           /* turn off the official FP8/FP4/F16 low-precision simulations */
     int prefill_chunk;    /* tokens per batched prefill step (0: default 256) */
+    bool no_f16_rounding; /* diagnostic: keep FP8/FP4 simulations, skip F16 rounding of cache rows */
 } ds4_model_params;
 
 ds4_model *ds4_model_load(const char *path, const ds4_model_params *params, char *err, size_t errlen);
 void ds4_model_free(ds4_model *m);
 uint32_t ds4_model_vocab_size(const ds4_model *m);
 uint32_t ds4_model_layer_count(const ds4_model *m);
+/* Number of layers with a Lightning indexer (ratio 4) and its top-k. */
+bool ds4_model_indexer_shape(const ds4_model *m, uint32_t *n_layers, uint32_t *top_k);
 
 /* A session holds up to n_ctx tokens of state. */
 ds4_session *ds4_session_new(ds4_model *m, uint32_t n_ctx, char *err, size_t errlen);
@@ -49,6 +52,13 @@ const int32_t *ds4_session_tokens(const ds4_session *s);
  * context would overflow. */
 bool ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, char *err, size_t errlen);
 const float *ds4_session_logits(const ds4_session *s);
+
+/* Diagnostic: from now on, record the Lightning indexer's choice for every
+ * evaluated position p < n_positions into out, laid out int32
+ * [n_ratio4_layers][n_positions][indexer_top_k]: the selected compressed rows
+ * in ascending order, padded with -1 (all visible rows when top-k is not
+ * active). NULL stops recording. */
+void ds4_session_trace_indexer(ds4_session *s, int32_t *out, uint32_t n_positions);
 
 /* Session files (docs/SESSION.md): everything needed to continue exactly. */
 bool ds4_session_save(const ds4_session *s, const char *path, char *err, size_t errlen);

@@ -27,6 +27,7 @@ struct ds4_model {
     const ds4_hparams *hp;
     ds4_pool *pool;
     bool exact;
+    bool f16_rounding;      /* F16 rounding of cache rows (on unless exact) */
     int prefill_chunk;
     float *rope_main; /* [n_rot/2] inverse frequencies, uncompressed layers */
     float *rope_comp; /* [n_rot/2] compressed layers (compress base + YaRN) */
@@ -51,6 +52,8 @@ struct ds4_session {
     ds4_layer_state *ls;    /* [n_layer] */
     float *logits;          /* [vocab]: after the last token */
     bool has_logits;
+    int32_t *trace_topk;    /* diagnostic, see ds4_session_trace_indexer */
+    uint32_t trace_positions;
 };
 
 /* Rows of compressed state a layer can hold for n_ctx tokens. */

@@ -76,6 +76,7 @@ static void hc_pre(ds4_model *m, const ds4_weight *fn, const float *scale, const
                    hc_weights *hw, float *x) {
     const ds4_hparams *hp = m->hp;
     const uint32_t C = hp->n_hc, E = hp->n_embd, M = (2 + C) * C;
+    if (T == 0) return;
     float *flat = malloc((size_t)T * C * E * sizeof(float));
     float *mix = malloc((size_t)T * M * sizeof(float));
     for (uint32_t t = 0; t < T; t++)
@@ -190,6 +191,18 @@ typedef struct {
     float **scratch;  /* per worker: [n_idx] scores */
 } index_ctx;
 
+/* Diagnostic trace of the selection (ds4_session_trace_indexer). */
+static void trace_selection(const index_ctx *c, uint32_t t, const uint32_t *sel, uint32_t n) {
+    const ds4_session *s = c->s;
+    const int64_t p = c->p0 + t;
+    if (!s->trace_topk || p >= s->trace_positions) return;
+    const ds4_hparams *hp = s->m->hp;
+    uint32_t slot = 0;
+    for (uint32_t l = 0; l < c->il; l++) slot += hp->compress_ratio[l] == 4;
+    int32_t *out = s->trace_topk + ((size_t)slot * s->trace_positions + (size_t)p) * hp->indexer_top_k;
+    for (uint32_t i = 0; i < hp->indexer_top_k; i++) out[i] = i < n ? (int32_t)(sel ? sel[i] : i) : -1;
+}
+
 static void indexer_worker(void *vctx, int64_t begin, int64_t end, int worker) {
     index_ctx *c = vctx;
     const ds4_hparams *hp = c->s->m->hp;
@@ -202,6 +215,7 @@ static void indexer_worker(void *vctx, int64_t begin, int64_t end, int worker) {
         if (n_vis > st->n_idx) n_vis = st->n_idx;
         if (n_vis <= K) {
             c->n_sel[t] = UINT32_MAX;
+            trace_selection(c, (uint32_t)t, NULL, n_vis);
             continue;
         }
         const float *q = c->qi + (size_t)t * I * ID, *w = c->wi + (size_t)t * I;
@@ -217,6 +231,7 @@ static void indexer_worker(void *vctx, int64_t begin, int64_t end, int worker) {
             score[k] = sc;
         }
         c->n_sel[t] = ds4_topk_select(score, n_vis, K, c->sel + (size_t)t * K);
+        trace_selection(c, (uint32_t)t, c->sel + (size_t)t * K, c->n_sel[t]);
     }
 }
 
@@ -245,7 +260,7 @@ static void run_compressor(ds4_session *s, uint32_t il, int64_t p0, uint32_t T, 
                 ds4_sim_fp4_e2m1(row, (int)dim);
             } else {
                 ds4_sim_fp8_e4m3(row, (int)(dim - hp->n_rot));
-                ds4_round_f16(row, (int)dim);
+                if (m->f16_rounding) ds4_round_f16(row, (int)dim);
             }
         }
         (*n_rows)++;
@@ -291,7 +306,7 @@ static void attention_layer(ds4_session *s, uint32_t il, const int32_t *tokens, 
         ds4_rope_tail(k, (int)D, (int)hp->n_rot, rope, p0 + t, false);
         if (!m->exact) {
             ds4_sim_fp8_e4m3(k, (int)(D - hp->n_rot));
-            ds4_round_f16(k, (int)D);
+            if (m->f16_rounding) ds4_round_f16(k, (int)D);
         }
         memcpy(st->raw + (size_t)((p0 + t) % s->raw_cap) * D, k, D * sizeof(float));
     }
@@ -407,6 +422,7 @@ static void output_head(ds4_session *s, const float *R, uint32_t t0, uint32_t T,
     ds4_model *m = s->m;
     const ds4_hparams *hp = m->hp;
     const uint32_t C = hp->n_hc, E = hp->n_embd, n = T - t0;
+    if (n == 0) return;
     float *flat = malloc((size_t)n * C * E * sizeof(float)), *mix = malloc((size_t)n * C * sizeof(float));
     float *x = malloc((size_t)n * E * sizeof(float));
     for (uint32_t i = 0; i < n; i++)

@@ -51,6 +51,7 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_params *params, char
     int n_threads = params && params->n_threads > 0 ? params->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     m->pool = ds4_pool_new(n_threads > 0 ? n_threads : 1);
     m->exact = params && params->exact;
+    m->f16_rounding = !m->exact && !(params && params->no_f16_rounding);
     m->prefill_chunk = params && params->prefill_chunk > 0 ? params->prefill_chunk : 256;
     const ds4_hparams *hp = m->hp;
     m->rope_main = malloc((hp->n_rot / 2) * sizeof(float));
@@ -72,6 +73,14 @@ void ds4_model_free(ds4_model *m) {
 
 uint32_t ds4_model_vocab_size(const ds4_model *m) { return m->hp->n_vocab; }
 uint32_t ds4_model_layer_count(const ds4_model *m) { return m->hp->n_layer; }
+
+bool ds4_model_indexer_shape(const ds4_model *m, uint32_t *n_layers, uint32_t *top_k) {
+    uint32_t n = 0;
+    for (uint32_t il = 0; il < m->hp->n_layer; il++) n += m->hp->compress_ratio[il] == 4;
+    *n_layers = n;
+    *top_k = m->hp->indexer_top_k;
+    return n > 0;
+}
 
 /* FNV-1a over the hyper-parameters and the tensor table: sessions only load
  * into the model (same shapes and types) that made them. */
@@ -186,6 +195,11 @@ uint32_t ds4_session_n_tokens(const ds4_session *s) { return s->n_tokens; }
 uint32_t ds4_session_n_ctx(const ds4_session *s) { return s->n_ctx; }
 const int32_t *ds4_session_tokens(const ds4_session *s) { return s->tokens; }
 const float *ds4_session_logits(const ds4_session *s) { return s->has_logits ? s->logits : NULL; }
+
+void ds4_session_trace_indexer(ds4_session *s, int32_t *out, uint32_t n_positions) {
+    s->trace_topk = out;
+    s->trace_positions = out ? n_positions : 0;
+}
 
 bool ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, char *err, size_t errlen) {
     const ds4_hparams *hp = s->m->hp;
