@@ -79,13 +79,14 @@ deps:
 	.ci/install-deps
 
 # `make demo`: the README's first command. Rebuilds the tiny Flash-shaped model
-# from its seed (numpy), converts it with the q2 recipe and inspects it.
+# from its seed (numpy), converts it with the q2 recipe, checks it and runs it.
 DEMO_DIR = build/demo
 demo: all
 	@mkdir -p $(DEMO_DIR)
 	$(PYTHON) tools/make_checkpoint.py --config tools/configs/tiny-flash.json --seed 1 --out $(DEMO_DIR)/tiny-flash-hf > /dev/null
 	./ds4-quantize --hf $(DEMO_DIR)/tiny-flash-hf --out $(DEMO_DIR)/tiny-flash-q2.gguf --recipe q2
-	./ds4 info $(DEMO_DIR)/tiny-flash-q2.gguf
+	./ds4 info --schema-only $(DEMO_DIR)/tiny-flash-q2.gguf
+	./ds4 generate -m $(DEMO_DIR)/tiny-flash-q2.gguf --tokens "0 17 42 99 7" -n 16
 
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b; done

@@ -495,6 +495,7 @@ int convert_run(const convert_options *opt) {
     for (size_t i = 0; ok && i < n_items; i++)
         ok = write_item(w, &items[i], hp, have_im ? &im : NULL, opt->n_threads, &pg);
     ok = ok && gguf_writer_finish(w);
+    if (ok) progress_show(&pg, "all tensors written", true);
     if (!ok && gguf_writer_error(w)) log_err("writing %s: %s", tmp_path, gguf_writer_error(w));
     if (ok && (fflush(fp) != 0 || fsync(fileno(fp)) != 0)) {
         log_err("writing %s: %s", tmp_path, strerror(errno));
