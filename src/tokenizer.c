@@ -27,6 +27,7 @@
  */
 #include "tokenizer.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -658,10 +659,9 @@ typedef struct {
 } uchar_info;
 
 static uint16_t ascii_flags[128];
-static bool ascii_ready;
+static pthread_once_t ascii_once = PTHREAD_ONCE_INIT;
 
-static void init_ascii_flags(void) {
-    if (ascii_ready) return;
+static void fill_ascii_flags(void) {
     for (int c = 0; c < 128; c++) {
         uint16_t f = (uint16_t)unicode_class((uint32_t)c);
         if (c == '\r' || c == '\n') f |= F_CRLF;
@@ -670,8 +670,9 @@ static void init_ascii_flags(void) {
             f |= F_APUNCT;
         ascii_flags[c] = f;
     }
-    ascii_ready = true; /* idempotent: racing threads write the same values */
 }
+
+static void init_ascii_flags(void) { pthread_once(&ascii_once, fill_ascii_flags); }
 
 static inline bool is_cjk(uint32_t cp) {
     return (cp >= 0x4E00 && cp <= 0x9FA5) || (cp >= 0x3040 && cp <= 0x30FF);
