@@ -6,5 +6,7 @@
 int ds4_cmd_info(int argc, char **argv);
 int ds4_cmd_logits(int argc, char **argv);
 int ds4_cmd_generate(int argc, char **argv);
+int ds4_cmd_tokenize(int argc, char **argv);
+int ds4_cmd_chat(int argc, char **argv);
 
 #endif

@@ -7,11 +7,13 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: ds4 <command> [options]\n"
+            "usage: ds4 -m FILE.gguf -p TEXT [options]   one chat turn (ds4 --help-chat for options)\n"
+            "       ds4 <command> [options]\n"
             "commands:\n"
             "  info FILE.gguf        metadata, tensor table, bytes per type, DS4 schema check\n"
             "  logits -m FILE ...    logits for every position of a token-id sequence\n"
-            "  generate -m FILE ...  continue a token-id sequence (greedy or sampled)\n");
+            "  generate -m FILE ...  continue a token-id sequence (greedy or sampled)\n"
+            "  tokenize -m FILE      tokenize stdin (ds4 tokenize --help)\n");
 }
 
 int main(int argc, char **argv) {
@@ -22,6 +24,12 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "info") == 0) return ds4_cmd_info(argc - 1, argv + 1);
     if (strcmp(argv[1], "logits") == 0) return ds4_cmd_logits(argc - 1, argv + 1);
     if (strcmp(argv[1], "generate") == 0) return ds4_cmd_generate(argc - 1, argv + 1);
+    if (strcmp(argv[1], "tokenize") == 0) return ds4_cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(argv[1], "--help-chat") == 0) {
+        char *h[] = {"ds4", "--help"};
+        return ds4_cmd_chat(2, h);
+    }
+    if (argv[1][0] == '-') return ds4_cmd_chat(argc, argv); /* ds4 -m FILE -p TEXT */
     fprintf(stderr, "ds4: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -29,14 +29,25 @@ typedef struct {
     bool exact;           /* turn off the official FP8/FP4/F16 low-precision simulations */
     int prefill_chunk;    /* tokens per batched prefill step (0: default 256) */
     bool no_f16_rounding; /* diagnostic: keep FP8/FP4 simulations, skip F16 rounding of cache rows */
+    const char *backend;  /* "cpu", "cuda", or NULL/"auto": $DS4_BACKEND, else CUDA when built in and a GPU is present */
 } ds4_model_params;
 
 ds4_model *ds4_model_load(const char *path, const ds4_model_params *params, char *err, size_t errlen);
 void ds4_model_free(ds4_model *m);
 uint32_t ds4_model_vocab_size(const ds4_model *m);
 uint32_t ds4_model_layer_count(const ds4_model *m);
+/* "cpu" or "cuda": where this model's forward pass runs. */
+const char *ds4_model_backend(const ds4_model *m);
+/* One line about the backend's memory (weights, KV state, scratch) for a
+ * model and optionally a session. */
+void ds4_model_describe(const ds4_model *m, const ds4_session *s, char *buf, size_t buflen);
 /* Number of layers with a Lightning indexer (ratio 4) and its top-k. */
 bool ds4_model_indexer_shape(const ds4_model *m, uint32_t *n_layers, uint32_t *top_k);
+
+/* The model file's tokenizer (tokenizer.h API; free with
+ * ds4_tokenizer_free). NULL with a message when the file has none. */
+typedef struct ds4_tokenizer ds4_tokenizer;
+ds4_tokenizer *ds4_model_load_tokenizer(const ds4_model *m, char *err, size_t errlen);
 
 /* A session holds up to n_ctx tokens of state. */
 ds4_session *ds4_session_new(ds4_model *m, uint32_t n_ctx, char *err, size_t errlen);

@@ -28,10 +28,7 @@
 #include "hf_checkpoint.h"
 #include "imatrix.h"
 #include "quant.h"
-#if __has_include("hf_tokenizer.h")
 #include "hf_tokenizer.h"
-#define HAVE_HF_TOKENIZER 1
-#endif
 
 #define CHUNK_ELEMS (16u << 20) /* floats decoded per chunk (64 MiB) */
 
@@ -457,14 +454,11 @@ int convert_run(const convert_options *opt) {
     gguf_writer_set_u32(w, "general.quantization_version", 2);
     gguf_writer_set_str(w, "ds4.quantize.recipe", convert_recipe_name(opt->recipe));
     if (ck.tokenizer_path) {
-#ifdef HAVE_HF_TOKENIZER
         if (!hf_tokenizer_to_gguf(ck.tokenizer_path, w, err, sizeof err)) {
             log_err("%s", err);
             goto done;
         }
-#else
-        fprintf(stderr, "warning: tokenizer.json found but tokenizer conversion is not built in\n");
-#endif
+        fprintf(stderr, "tokenizer: copied from %s\n", ck.tokenizer_path);
     } else {
         fprintf(stderr, "warning: %s has no tokenizer.json: the GGUF will carry no tokenizer "
                         "(usable through token-id interfaces only)\n", opt->hf_dir);

@@ -27,7 +27,7 @@ TJ=$("$PYTHON" tools/tokenizer_reference.py tokenizer-json)
 "$PYTHON" tools/tokenizer_reference.py corpus "$OUT/corpus.bin"
 "$PYTHON" tools/tokenizer_reference.py ids "$OUT/corpus.bin" "$OUT/corpus.ids"
 "$PYTHON" tools/tokenizer_reference.py ids "$OUT/corpus.bin" "$OUT/corpus.plain.ids" --plain
-OV=../shared/data/official-vectors
+OV=tests/data/official-vectors
 [ -d "$OV" ] || OV=
 DS4_TOKENIZER_JSON="$TJ" DS4_TOKENIZER_GGUF="$OUT/ds4-tokenizer.gguf" \
 DS4_TOKENIZER_CORPUS="$OUT/corpus.bin" DS4_TOKENIZER_IDS="$OUT/corpus.ids" \
