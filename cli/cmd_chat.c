@@ -23,19 +23,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static char *slurp(const char *path) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, fp) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(fp);
-    return b;
-}
-
 static void usage(FILE *out) {
     fprintf(out,
             "usage: ds4 -m FILE.gguf -p TEXT [options]\n"
@@ -88,7 +75,7 @@ int ds4_cmd_chat(int argc, char **argv) {
         }
     }
     char *file_text = NULL;
-    if (prompt_file && !(prompt = file_text = slurp(prompt_file))) {
+    if (prompt_file && !(prompt = file_text = ds4_cli_read_file(prompt_file))) {
         fprintf(stderr, "ds4: cannot read %s\n", prompt_file);
         return 1;
     }

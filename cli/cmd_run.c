@@ -49,19 +49,6 @@ static int parse_ids(const char *text, int32_t **out, uint32_t *n, char *err, si
     return 0;
 }
 
-static char *read_file(const char *path) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, fp) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(fp);
-    return b;
-}
-
 static int usage_error(const char *cmd, const char *msg) {
     fprintf(stderr, "ds4 %s: %s (see ds4 %s --help)\n", cmd, msg, cmd);
     return 2;
@@ -140,7 +127,7 @@ int ds4_cmd_logits(int argc, char **argv) {
     if (rc) return rc;
     if (!a.tokens_file || !a.out) return usage_error("logits", "--tokens-file and --out are required");
     char err[512];
-    char *text = read_file(a.tokens_file);
+    char *text = ds4_cli_read_file(a.tokens_file);
     if (!text) {
         fprintf(stderr, "ds4 logits: %s: cannot read: %s\n", a.tokens_file, strerror(errno));
         return 1;

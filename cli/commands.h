@@ -9,4 +9,7 @@ int ds4_cmd_generate(int argc, char **argv);
 int ds4_cmd_tokenize(int argc, char **argv);
 int ds4_cmd_chat(int argc, char **argv);
 
+/* Whole file as a NUL-terminated malloc'd string (NULL if unreadable). */
+char *ds4_cli_read_file(const char *path);
+
 #endif
