@@ -45,10 +45,10 @@ static uint64_t next_u64(ds4_sampler *s) {
 
 static float next_uniform(ds4_sampler *s) { return (float)(next_u64(s) >> 40) / 16777216.0f; }
 
-static const float *sort_logits;
-static int by_logit_desc(const void *a, const void *b) {
+static int by_logit_desc(const void *a, const void *b, void *ctx) {
+    const float *logits = ctx;
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    float lx = sort_logits[x], ly = sort_logits[y];
+    float lx = logits[x], ly = logits[y];
     if (lx != ly) return lx > ly ? -1 : 1;
     return x < y ? -1 : 1;
 }
@@ -67,8 +67,7 @@ int32_t ds4_sampler_sample(ds4_sampler *s, const float *logits, uint32_t n_vocab
     for (uint32_t i = 0; i < n; i++) s->idx[i] = i;
     bool sorted = false;
     if ((s->p.top_k > 0 && (uint32_t)s->p.top_k < n_vocab) || s->p.top_p < 1.0f) {
-        sort_logits = logits; /* not re-entrant across threads sampling at once: fine for one engine thread */
-        qsort(s->idx, n, sizeof(uint32_t), by_logit_desc);
+        qsort_r(s->idx, n, sizeof(uint32_t), by_logit_desc, (void *)logits);
         sorted = true;
         if (s->p.top_k > 0 && (uint32_t)s->p.top_k < n) n = (uint32_t)s->p.top_k;
     }
