@@ -24,7 +24,7 @@ LIB_SRC = $(wildcard src/*.c)
 LIB_OBJ = $(patsubst src/%.c,$(BUILD)/src/%.o,$(LIB_SRC))
 LIB     = $(BUILD)/libds4.a
 
-PROGRAMS = ds4 ds4-quantize
+PROGRAMS = ds4 ds4-quantize ds4-server
 TEST_SRC = $(wildcard tests/test_*.c)
 TEST_BIN = $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC = $(wildcard bench/*.c)
@@ -55,6 +55,11 @@ ds4: $(CLI_OBJ) $(LIB)
 QUANTIZE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard quantize/*.c))
 ds4-quantize: $(QUANTIZE_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ -lcjson $(LDLIBS)
+
+# ./ds4-server: OpenAI/Anthropic HTTP server (server/*.c; libmicrohttpd + cJSON).
+SERVER_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard server/*.c))
+ds4-server: $(SERVER_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ -lmicrohttpd -lcjson $(LDLIBS)
 
 # Tests may use converter code (quantize/*.c except its main).
 QUANTIZE_LIB_OBJ = $(filter-out $(BUILD)/quantize/main.o,$(QUANTIZE_OBJ))
