@@ -8,7 +8,9 @@
  *       [--top-k K] [--top-p P] [--min-p P] [--exact]
  *       prints the generated ids, space separated, on one line
  * Common: --threads N, --ctx N (default: prompt + generated tokens),
- * --chunk N (prefill chunk), --save-session FILE, --load-session FILE.
+ * --chunk N (prefill chunk), --save-session FILE, --load-session FILE,
+ * --backend cpu|cuda (default: $DS4_BACKEND, else CUDA when built in and a
+ * GPU is present).
  * Errors are one line on stderr and a non-zero exit.
  */
 #include <errno.h>
@@ -20,7 +22,7 @@
 #include "ds4.h"
 
 typedef struct {
-    const char *model, *tokens_file, *tokens_str, *out, *save, *load, *dump_topk;
+    const char *model, *tokens_file, *tokens_str, *out, *save, *load, *dump_topk, *backend;
     bool exact, decode, no_f16;
     int threads, chunk, n_gen;
     uint32_t ctx;
@@ -70,6 +72,7 @@ static int parse_args(const char *cmd, int argc, char **argv, run_args *a) {
         else if (!strcmp(f, "--out")) a->out = v;
         else if (!strcmp(f, "--save-session")) a->save = v;
         else if (!strcmp(f, "--dump-topk")) a->dump_topk = v;
+        else if (!strcmp(f, "--backend")) a->backend = v;
         else if (!strcmp(f, "--load-session")) a->load = v;
         else if (!strcmp(f, "--threads") || !strcmp(f, "-t")) a->threads = atoi(v);
         else if (!strcmp(f, "--chunk")) a->chunk = atoi(v);
@@ -95,7 +98,7 @@ static int parse_args(const char *cmd, int argc, char **argv, run_args *a) {
 static int open_session(const char *cmd, const run_args *a, uint32_t n_needed, ds4_model **m, ds4_session **s) {
     char err[512];
     ds4_model_params mp = {.n_threads = a->threads, .exact = a->exact, .prefill_chunk = a->chunk,
-                           .no_f16_rounding = a->no_f16};
+                           .no_f16_rounding = a->no_f16, .backend = a->backend};
     *m = ds4_model_load(a->model, &mp, err, sizeof err);
     if (!*m) {
         fprintf(stderr, "ds4 %s: %s\n", cmd, err);
@@ -119,7 +122,8 @@ int ds4_cmd_logits(int argc, char **argv) {
         printf("usage: ds4 logits -m FILE.gguf --tokens-file IDS.txt --out OUT.f32 [--exact] [--decode]\n"
                "                  [--threads N] [--ctx N] [--chunk N] [--load-session F] [--save-session F]\n"
                "                  [--dump-topk F.i32]  indexer choices, int32 [ratio-4 layers][tokens][top_k]\n"
-               "                  [--sim-no-f16]       keep FP8/FP4 simulation, skip F16 cache rounding\n");
+               "                  [--sim-no-f16]       keep FP8/FP4 simulation, skip F16 cache rounding\n"
+               "                  [--backend cpu|cuda] where the forward pass runs (default: CUDA when built in)\n");
         return 0;
     }
     run_args a;
@@ -208,7 +212,7 @@ int ds4_cmd_generate(int argc, char **argv) {
     if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
         printf("usage: ds4 generate -m FILE.gguf --tokens \"1 2 3\" -n N [--temp T] [--seed S] [--top-k K]\n"
                "                    [--top-p P] [--min-p P] [--exact] [--threads N] [--ctx N]\n"
-               "                    [--load-session F] [--save-session F]\n"
+               "                    [--load-session F] [--save-session F] [--backend cpu|cuda]\n"
                "Greedy unless --temp > 0. Prints the generated token ids on one line.\n");
         return 0;
     }

@@ -22,6 +22,8 @@
 #include "model.h"
 #include "threadpool.h"
 
+struct ds4_backend;
+
 struct ds4_model {
     ds4_model_weights *w;
     const ds4_hparams *hp;
@@ -31,6 +33,9 @@ struct ds4_model {
     int prefill_chunk;
     float *rope_main; /* [n_rot/2] inverse frequencies, uncompressed layers */
     float *rope_comp; /* [n_rot/2] compressed layers (compress base + YaRN) */
+    const struct ds4_backend *backend; /* where the forward pass runs (backend.h) */
+    void *bk;                          /* the backend's model state (device weights) */
+    void *owned;                       /* host memory the weights point into (synthetic models), freed with the model */
 };
 
 typedef struct {
@@ -54,7 +59,13 @@ struct ds4_session {
     bool has_logits;
     int32_t *trace_topk;    /* diagnostic, see ds4_session_trace_indexer */
     uint32_t trace_positions;
+    void *bk;               /* the backend's session state (device KV, scratch) */
 };
+
+/* Makes a model over already-bound weights (takes ownership of w, also on
+ * failure): picks the backend and lets it take the weights. ds4_model_load
+ * is ds4_model_weights_open + this. */
+ds4_model *ds4_model_from_weights(ds4_model_weights *w, const ds4_model_params *params, char *err, size_t errlen);
 
 /* Rows of compressed state a layer can hold for n_ctx tokens. */
 static inline uint32_t ds4_comp_cap(uint32_t n_ctx, uint32_t ratio) { return ratio ? n_ctx / ratio + 1 : 0; }
@@ -63,6 +74,11 @@ static inline uint32_t ds4_comp_cap(uint32_t n_ctx, uint32_t ratio) { return rat
  * than the prefill chunk); writes [T][vocab] logits to all_logits if non-NULL
  * and the last row to s->logits. Does not validate (ds4_session_eval does). */
 void ds4_forward_chunk(ds4_session *s, const int32_t *tokens, uint32_t T, float *all_logits);
+
+/* Splits the M = (2+C)*C mixing values of one token into pre / post / comb
+ * (comb projected by Sinkhorn onto doubly-stochastic matrices). */
+void ds4_hc_split(const float *mix, const float *scale, const float *base, uint32_t C, uint32_t iters, float eps,
+                  float *pre, float *post, float *comb);
 
 /* Resets a layer's frontier (kv 0, scores -inf). */
 void ds4_layer_state_reset_frontier(const ds4_hparams *hp, uint32_t il, ds4_layer_state *st);

@@ -38,8 +38,8 @@ typedef struct {
 
 /* Split the M = (2+C)*C mixing values of one token into pre / post / comb
  * (comb projected by Sinkhorn onto doubly-stochastic matrices). */
-static void hc_split(const float *mix, const float *scale, const float *base, uint32_t C, uint32_t iters, float eps,
-                     float *pre, float *post, float *comb) {
+void ds4_hc_split(const float *mix, const float *scale, const float *base, uint32_t C, uint32_t iters, float eps,
+                  float *pre, float *post, float *comb) {
     for (uint32_t i = 0; i < C; i++) {
         pre[i] = ds4_sigmoid(mix[i] * scale[0] + base[i]) + eps;
         post[i] = 2.0f * ds4_sigmoid(mix[C + i] * scale[1] + base[C + i]);
@@ -83,7 +83,7 @@ static void hc_pre(ds4_model *m, const ds4_weight *fn, const float *scale, const
         ds4_rmsnorm(flat + (size_t)t * C * E, R + (size_t)t * C * E, NULL, (int)(C * E), (float)hp->rms_eps);
     ds4_matmul(m->pool, fn, 0, flat, (int)T, mix);
     for (uint32_t t = 0; t < T; t++) {
-        hc_split(mix + (size_t)t * M, scale, base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, hw->pre + t * C,
+        ds4_hc_split(mix + (size_t)t * M, scale, base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, hw->pre + t * C,
                  hw->post + t * C, hw->comb + (size_t)t * C * C);
         const float *Rt = R + (size_t)t * C * E;
         float *xt = x + (size_t)t * E;

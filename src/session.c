@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "engine.h"
 #include "ops.h"
 
@@ -45,9 +46,19 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 ds4_model *ds4_model_load(const char *path, const ds4_model_params *params, char *err, size_t errlen) {
     ds4_model_weights *w = ds4_model_weights_open(path, err, errlen);
     if (!w) return NULL;
+    return ds4_model_from_weights(w, params, err, errlen);
+}
+
+ds4_model *ds4_model_from_weights(ds4_model_weights *w, const ds4_model_params *params, char *err, size_t errlen) {
+    const ds4_backend *backend = ds4_backend_select(params ? params->backend : NULL, err, errlen);
+    if (!backend) {
+        ds4_model_weights_close(w);
+        return NULL;
+    }
     ds4_model *m = calloc(1, sizeof *m);
     m->w = w;
     m->hp = &w->hp;
+    m->backend = backend;
     int n_threads = params && params->n_threads > 0 ? params->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     m->pool = ds4_pool_new(n_threads > 0 ? n_threads : 1);
     m->exact = params && params->exact;
@@ -59,16 +70,32 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_params *params, char
     ds4_rope_inv_freq(m->rope_main, (int)hp->n_rot, hp->rope_freq_base, 1.0, 0, 0, 0);
     ds4_rope_inv_freq(m->rope_comp, (int)hp->n_rot, hp->compress_rope_freq_base, hp->rope_scale_factor,
                       (double)hp->rope_orig_ctx, hp->yarn_beta_fast, hp->yarn_beta_slow);
+    if (backend->model_init && !backend->model_init(m, err, errlen)) {
+        m->backend = &ds4_backend_cpu; /* nothing of the failed backend to free */
+        ds4_model_free(m);
+        return NULL;
+    }
     return m;
 }
 
 void ds4_model_free(ds4_model *m) {
     if (!m) return;
+    if (m->backend && m->backend->model_free) m->backend->model_free(m);
     ds4_pool_free(m->pool);
     free(m->rope_main);
     free(m->rope_comp);
     ds4_model_weights_close(m->w);
+    free(m->owned);
     free(m);
+}
+
+const char *ds4_model_backend(const ds4_model *m) { return m->backend->name; }
+
+void ds4_model_describe(const ds4_model *m, const ds4_session *s, char *buf, size_t buflen) {
+    if (!buflen) return;
+    buf[0] = 0;
+    if (m->backend->describe) m->backend->describe(m, s, buf, buflen);
+    else snprintf(buf, buflen, "backend %s", m->backend->name);
 }
 
 uint32_t ds4_model_vocab_size(const ds4_model *m) { return m->hp->n_vocab; }
@@ -93,7 +120,7 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
 static uint64_t model_fingerprint(const ds4_model *m) {
     uint64_t h = 1469598103934665603ull;
     h = fnv1a(h, m->hp, sizeof *m->hp);
-    for (uint64_t i = 0; i < gguf_n_tensors(m->w->file); i++) {
+    for (uint64_t i = 0; m->w->file && i < gguf_n_tensors(m->w->file); i++) {
         const gguf_tensor *t = gguf_tensor_at(m->w->file, i);
         h = fnv1a(h, t->name, strlen(t->name));
         h = fnv1a(h, &t->type, sizeof t->type);
@@ -128,6 +155,7 @@ static void session_reset(ds4_session *s) {
         s->ls[il].n_idx = 0;
         ds4_layer_state_reset_frontier(hp, il, &s->ls[il]);
     }
+    if (s->m->backend->session_reset) s->m->backend->session_reset(s);
 }
 
 ds4_session *ds4_session_new(ds4_model *m, uint32_t n_ctx, char *err, size_t errlen) {
@@ -140,6 +168,11 @@ ds4_session *ds4_session_new(ds4_model *m, uint32_t n_ctx, char *err, size_t err
     s->m = m;
     s->n_ctx = n_ctx;
     s->raw_cap = hp->n_swa + (uint32_t)m->prefill_chunk;
+    /* the device budget first: its message says what does not fit */
+    if (m->backend->session_init && !m->backend->session_init(s, err, errlen)) {
+        ds4_session_free(s);
+        return NULL;
+    }
     s->tokens = malloc((size_t)n_ctx * sizeof(int32_t));
     s->logits = calloc(hp->n_vocab, sizeof(float));
     s->ls = calloc(hp->n_layer, sizeof(ds4_layer_state));
@@ -174,6 +207,7 @@ ds4_session *ds4_session_new(ds4_model *m, uint32_t n_ctx, char *err, size_t err
 
 void ds4_session_free(ds4_session *s) {
     if (!s) return;
+    if (s->bk && s->m->backend->session_free) s->m->backend->session_free(s);
     if (s->ls)
         for (uint32_t il = 0; il < s->m->hp->n_layer; il++) {
             ds4_layer_state *st = &s->ls[il];
@@ -222,7 +256,9 @@ bool ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *
         uint32_t pos = s->n_tokens;
         uint32_t T = chunk - pos % chunk;
         if (T > n - done) T = n - done;
-        ds4_forward_chunk(s, tokens + done, T, all_logits ? all_logits + (size_t)done * hp->n_vocab : NULL);
+        if (!s->m->backend->forward(s, tokens + done, T, all_logits ? all_logits + (size_t)done * hp->n_vocab : NULL,
+                                    err, errlen))
+            return false;
         memcpy(s->tokens + s->n_tokens, tokens + done, T * sizeof(int32_t));
         s->n_tokens += T;
         done += T;
@@ -270,6 +306,7 @@ bool ds4_session_save(const ds4_session *s, const char *path, char *err, size_t 
         return false;
     }
     const uint32_t D = hp->head_dim, ID = hp->indexer_head_dim, n = s->n_tokens;
+    if (s->m->backend->state_to_host) s->m->backend->state_to_host((ds4_session *)s);
     ws_u32(&w, SESSION_MAGIC);
     ws_u32(&w, SESSION_VERSION);
     uint64_t fp = model_fingerprint(s->m);
@@ -451,6 +488,7 @@ bool ds4_session_load(ds4_session *s, const char *path, char *err, size_t errlen
             memcpy(st->idx_sc, rs_take(&r, fr * ID * 4), fr * ID * 4);
         }
     }
+    if (s->m->backend->state_from_host) s->m->backend->state_from_host(s);
     ok = true;
 done:
     free(buf);

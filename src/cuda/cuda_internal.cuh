@@ -1,0 +1,338 @@
+/* cuda_internal.cuh - what the CUDA backend's files share: device weight and
+ * activation views, reduction helpers, the block-format constants, and the
+ * host-side launchers each kernel file exports.
+ *
+ * Device layout of weights (docs/CUDA.md):
+ *   Q8_0 and IQ2_XXS are "split" at upload: the quant bytes of a row are
+ *   contiguous (32 bytes per Q8_0 block, 64 per IQ2_XXS super-block) and the
+ *   f16 scales live in a separate array, so a warp reads 16-byte aligned,
+ *   perfectly coalesced chunks. Every other type keeps its file layout (Q4_K
+ *   blocks are 144 bytes = 16-byte aligned, Q2_K 84 = 4-byte aligned).
+ * Activations are float rows plus, on demand, their Q8_0 form (int8 + one
+ * f32 scale per 32, the scale already rounded through f16 as the CPU does)
+ * and Q8_K form (int8 + f32 scale per 256 + int32 sums per 16): the formats
+ * the CPU dots each weight type against, so the integer inner sums are the
+ * CPU's exactly and only the float summation order differs.
+ */
+#ifndef DS4_CUDA_INTERNAL_CUH
+#define DS4_CUDA_INTERNAL_CUH
+
+#define _Static_assert static_assert /* quant.h is C11 */
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+extern "C" {
+#include "engine.h"
+#include "quant.h"
+}
+
+#define CU_OK(call, err, errlen, what)                                                              \
+    do {                                                                                             \
+        cudaError_t e_ = (call);                                                                     \
+        if (e_ != cudaSuccess) {                                                                     \
+            if (err && errlen) snprintf(err, errlen, "CUDA %s: %s", what, cudaGetErrorString(e_));   \
+            return false;                                                                            \
+        }                                                                                            \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* weights and activations */
+
+typedef struct {
+    const uint8_t *q;   /* quants / raw blocks / plain values; NULL when absent */
+    const __half *d;    /* split scales (Q8_0: per 32, IQ2_XXS: per 256), else NULL */
+    int type;           /* ds4_dtype */
+    uint32_t n_in, n_out, n_mat;
+    uint64_t row_bytes; /* bytes of q per row */
+} dweight;
+
+static inline __host__ __device__ bool dw_split(int type) { return type == DS4_TYPE_Q8_0 || type == DS4_TYPE_IQ2_XXS; }
+/* scales per row of a split weight */
+static inline __host__ __device__ uint32_t dw_scales_per_row(int type, uint32_t n_in) {
+    return type == DS4_TYPE_Q8_0 ? n_in / 32 : n_in / 256;
+}
+
+/* An activation matrix of rows `stride` elements apart; views start `off`
+ * elements into each row. Any of the formats may be NULL. */
+typedef struct {
+    const float *f;
+    const int8_t *q8; const float *d8;                  /* Q8_0: d8 per 32 */
+    const int8_t *qk; const float *dk; const int32_t *bk; /* Q8_K: dk per 256, bk per 16 */
+    uint32_t stride, off;
+} act_view;
+
+/* Owned activation buffer: rows x n, with the quantized forms allocated when
+ * n allows them (n % 32 for Q8_0, n % 256 for Q8_K). */
+typedef struct {
+    float *f;
+    int8_t *q8; float *d8;
+    int8_t *qk; float *dk; int32_t *bk;
+    uint32_t n, rows;
+} dact;
+
+static inline act_view av_of(const dact &a, uint32_t off = 0) {
+    act_view v;
+    v.f = a.f; v.q8 = a.q8; v.d8 = a.d8; v.qk = a.qk; v.dk = a.dk; v.bk = a.bk;
+    v.stride = a.n; v.off = off;
+    return v;
+}
+
+/* ------------------------------------------------------------------------ */
+/* device helpers */
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+static __device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread
+ * gets the result. `red` is >= 32 doubles of shared scratch. */
+static __device__ __forceinline__ double block_sum_d(double v, double *red) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    double s = 0;
+    for (int i = 0; i < nw; i++) s += red[i];
+    return s;
+}
+static __device__ __forceinline__ float block_max(float v, float *red) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int i = 0; i < nw; i++) m = fmaxf(m, red[i]);
+    return m;
+}
+
+static __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+static __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+static __device__ __forceinline__ float round_f16(float x) { return __half2float(__float2half_rn(x)); }
+
+/* Quantizes a finished shared-memory row into the Q8_0 / Q8_K forms of an
+ * activation (either may be NULL), one warp per block, with exactly the
+ * arithmetic of quantize_kernel (kernels_matmul.cu). Needs no barrier. */
+static __device__ __forceinline__ void srow_quantize(const float *x, uint32_t n, int8_t *q8, float *d8, int8_t *qk, float *dk,
+                                     int32_t *bk) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (q8 && n % 32 == 0)
+        for (uint32_t b = wid; b < n / 32; b += nw) {
+            const float v = x[b * 32 + lane];
+            const float amax = warp_max(fabsf(v));
+            const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            q8[b * 32 + lane] = (int8_t)roundf(v * id);
+            if (lane == 0) d8[b] = round_f16(d);
+        }
+    if (qk && n % 256 == 0)
+        for (uint32_t b = wid; b < n / 256; b += nw) {
+            const float *xb = x + b * 256;
+            float ax = -1.0f;
+            int ix = 0;
+            for (int k = 0; k < 8; k++) {
+                const float a = fabsf(xb[lane * 8 + k]);
+                if (a > ax) { ax = a; ix = lane * 8 + k; }
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) {
+                const float oa = __shfl_xor_sync(0xffffffffu, ax, off);
+                const int oi = __shfl_xor_sync(0xffffffffu, ix, off);
+                if (oa > ax || (oa == ax && oi < ix)) { ax = oa; ix = oi; }
+            }
+            int sum = 0;
+            if (ax > 0.0f) {
+                const float iscale = -127.0f / xb[ix];
+                for (int k = 0; k < 8; k++) {
+                    int q = __float2int_rn(iscale * xb[lane * 8 + k]);
+                    q = q < 127 ? q : 127;
+                    qk[b * 256 + lane * 8 + k] = (int8_t)q;
+                    sum += q;
+                }
+                if (lane == 0) dk[b] = 1.0f / iscale;
+            } else {
+                for (int k = 0; k < 8; k++) qk[b * 256 + lane * 8 + k] = 0;
+                if (lane == 0) dk[b] = 0.0f;
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            if (!(lane & 1)) bk[b * 16 + lane / 2] = sum;
+        }
+}
+
+/* the row-t slices of an activation's quantized forms */
+typedef struct {
+    int8_t *q8; float *d8; int8_t *qk; float *dk; int32_t *bk;
+} qrow;
+static __device__ __forceinline__ qrow qrow_of(const dact &a, uint32_t t) {
+    qrow r;
+    const size_t o = (size_t)t * a.n;
+    r.q8 = a.q8 ? a.q8 + o : NULL;
+    r.d8 = a.q8 ? a.d8 + o / 32 : NULL;
+    r.qk = a.qk ? a.qk + o : NULL;
+    r.dk = a.qk ? a.dk + o / 256 : NULL;
+    r.bk = a.qk ? a.bk + o / 16 : NULL;
+    return r;
+}
+
+/* Element i of row `row` (of matrix mat) of a float-typed weight (F32, F16,
+ * BF16) and of Q8_0 (split). Used for small vectors (ape rows, embedding). */
+static __device__ __forceinline__ float dw_elem(const dweight &w, uint64_t row, uint32_t i) {
+    const uint8_t *r = w.q + row * w.row_bytes;
+    switch (w.type) {
+    case DS4_TYPE_F32: return ((const float *)r)[i];
+    case DS4_TYPE_F16: return h2f(((const uint16_t *)r)[i]);
+    case DS4_TYPE_BF16: return bf2f(((const uint16_t *)r)[i]);
+    case DS4_TYPE_Q8_0: return (float)((const int8_t *)r)[i] * __half2float(w.d[row * (w.n_in / 32) + i / 32]);
+    default: return __int_as_float(0x7fc00000);
+    }
+}
+
+/* Device allocations of a model (or a test), freed together. */
+#include <vector>
+struct cu_alloc {
+    cudaStream_t st;
+    std::vector<void *> allocs;
+    size_t weight_bytes;
+};
+/* cudaMalloc with a message naming what did not fit */
+bool cu_dev_alloc(cu_alloc *a, void **p, size_t bytes, char *err, size_t errlen, const char *what);
+/* One weight onto the device: upload (+ split repack through `staging`), or
+ * random contents of the right type when w->data is NULL. */
+bool cu_weight_upload(cu_alloc *a, const ds4_weight *w, dweight *out, uint64_t seed, uint8_t *staging,
+                      size_t staging_bytes, double *progress, double total, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------------ */
+/* launchers (kernels_*.cu); all asynchronous on `st` */
+
+/* kernels_matmul.cu */
+bool cu_tables_init(char *err, size_t errlen);
+/* rows x n floats (rows `xstride` apart) -> a's quantized forms */
+void cu_quantize(cudaStream_t st, const float *x, uint32_t xstride, uint32_t rows, dact &a);
+/* Dequantizes one row (embedding lookup etc.): out[r][0..n_in) for rows[r]
+ * (device ids), repeated `rep` times with stride n_in (HC streams). */
+void cu_dequant_rows(cudaStream_t st, const dweight &w, const int32_t *ids, uint32_t n, float *out, uint32_t rep);
+
+#define MV_MAX_JOBS 8
+typedef struct {
+    dweight w;
+    uint32_t mat;            /* matrix of a stacked weight */
+    const int32_t *mat_ids;  /* when set: pair p uses matrix mat_ids[p] (p < n_pairs) */
+    uint32_t n_pairs;        /* >= 1; pairs advance x by x_pair and y by y_pair rows */
+    uint32_t x_pair, y_pair; /* rows of x / y per pair (0: shared input) */
+    uint32_t row0, n_rows;   /* output rows of the weight */
+    act_view x;              /* T activation rows (per pair) */
+    float *y;                /* y[t][r] at y + t*y_stride + r (r relative to row0) */
+    uint32_t y_stride;
+} mv_job;
+/* y = W x for T tokens, several independent products in one launch. */
+void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);
+/* Routed experts over pairs sorted by expert: for every expert e, rows
+ * [0, w.n_out) of matrix e against the activations of its pairs
+ * list[off[e] .. off[e]+cnt[e]); the activation row of pair p is p / x_div,
+ * the output row p. */
+void cu_moe_mm(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,
+               const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride);
+
+/* kernels_ops.cu */
+typedef struct {
+    const float *scale, *base; /* [3], [M] device */
+    uint32_t C, iters;
+    float eps;
+} hc_params;
+/* Partial sums of mix[t][m] = (fn_m . R_t) / rms(R_t) for the M rows of fn
+ * [C*E -> M], over 1024-value slices: `part` holds cu_hc_part_floats(). */
+void cu_hc_mix(cudaStream_t st, const dweight &fn, const float *R, uint32_t T, uint32_t CE, float rms_eps, float *part);
+size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t CE);
+/* mix from the partials, split into pre/post/comb, x[t] = Σ pre R[t], then
+ * out = RMSNorm(x; norm) with its quantized forms */
+void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const float *R, uint32_t T, uint32_t E,
+               const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out);
+void cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
+                uint32_t C, uint32_t E);
+/* rows x n: out = RMSNorm(x; w) (w may be NULL) with its quantized forms; x may be out.f */
+void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps);
+/* Per head of T x H heads of dim D: RMSNorm (no weight, if norm), RoPE tail
+ * at pos0[0] + t (heads are T-major), then optional Hadamard + FP4 (indexer
+ * queries). inverse rotates by -θ. */
+void cu_head_post(cudaStream_t st, float *x, uint32_t T, uint32_t H, uint32_t D, uint32_t n_rot, const float *inv_freq,
+                  const int64_t *pos0, bool norm, float eps, bool inverse, bool hadamard_fp4);
+/* KV rows [T][D]: RMSNorm(kv_norm), RoPE, FP8 (D - n_rot dims), F16 round,
+ * stored at ring row (pos0+t) % raw_cap. */
+void cu_kv_store(cudaStream_t st, const float *kv, uint32_t T, uint32_t D, const float *norm, float eps, uint32_t n_rot,
+                 const float *inv_freq, const int64_t *pos0, bool fp8, bool f16, float *raw, uint32_t raw_cap);
+/* Router: probabilities, selection (hash table or top-k of prob+bias), weights */
+void cu_route(cudaStream_t st, const float *logits, uint32_t T, uint32_t X, uint32_t K, const int32_t *tokens,
+              const int32_t *tid2eid, const float *bias, bool norm, float scale, int32_t *ids, float *wts);
+/* h[p][i] = silu(min(g,c)) * clamp(u,-c,c) * (wts ? wts[p] : 1), with h's quantized forms */
+void cu_swiglu(cudaStream_t st, const float *g, const float *u, const float *wts, uint32_t rows, uint32_t F, float c,
+               dact &h);
+/* y[t] = ysh[t] + Σ over t's pairs in (expert id, k) order of ye[t*K+k] */
+void cu_moe_sum(cudaStream_t st, const float *ysh, const float *ye, const int32_t *ids, uint32_t T, uint32_t K,
+                uint32_t E, float *y);
+/* Pairs by expert: cnt[e], off[e] (exclusive prefix), list (pair ids in
+ * ascending order within each expert). */
+void cu_moe_sort(cudaStream_t st, const int32_t *ids, uint32_t n_pairs, uint32_t X, int32_t *cnt, int32_t *off,
+                 int32_t *list);
+/* Output HC head: x[t] = RMSNorm(Σ_h w_h R[t][h]; norm) with its quantized
+ * forms, w from out_hc_fn; part: cu_hc_part_floats(T, C, C*E) scratch */
+void cu_head_hc(cudaStream_t st, const dweight &fn, const float *scale, const float *base, const float *R, uint32_t T,
+                uint32_t C, uint32_t E, float rms_eps, float hc_eps, const float *norm, float *part, dact &x);
+/* out[t] = argmax of rows of n floats (first max wins); scratch:
+ * cu_argmax_scratch_floats(rows) */
+void cu_argmax(cudaStream_t st, const float *x, uint32_t rows, uint32_t n, int32_t *out, float *scratch);
+size_t cu_argmax_scratch_floats(uint32_t rows);
+
+/* kernels_attn.cu */
+typedef struct {
+    uint32_t ratio, dim, n_rot;    /* compressor geometry */
+    const float *inv_freq;         /* compressed-layer RoPE */
+    const float *norm;             /* [dim] */
+    bool indexer;                  /* Hadamard + FP4 (else FP8 + optional F16) */
+    bool sim, f16;
+    float eps;
+} comp_params;
+/* Feeds T tokens (projections kv, sc [T][c*dim], ape added here) through the
+ * frontier state and appends the closed rows to rows[]. pooled: scratch
+ * [T/ratio + 1][dim]. */
+void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
+                 uint32_t T, const int64_t *pos0, float *st_kv, float *st_sc, float *pooled, float *rows);
+/* Indexer scores [T][n_cap] (rows k < visible of each token) and top-k:
+ * sel [T][K] ascending, n_sel[t] = K, or UINT32_MAX when every visible row
+ * is attended. */
+void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_cap,
+                uint32_t T, uint32_t I, uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t *sel,
+                uint32_t *n_sel);
+typedef struct {
+    uint32_t H, D, n_swa, raw_cap, ratio, top_k, n_rot;
+    const float *sinks;
+    const float *raw, *comp;
+    const uint32_t *sel, *n_sel; /* NULL unless the indexer ran */
+    const float *inv_freq;       /* inverse RoPE of the outputs */
+} attn_params;
+/* o[t][h] = softmax-with-sink attention of q[t][h] over the visible rows,
+ * inverse-rotated. part: scratch for split partials. oq (optional): also
+ * writes o's quantized forms when head_dim % 256 == 0 (returns without them
+ * otherwise: the caller quantizes). head_dim: 128, 256, 512 or 1024. */
+void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32_t T, const int64_t *pos0, float *part,
+                  size_t part_floats, uint32_t splits, float *o, const dact *oq);
+/* raises the shared-memory limits of the attention and indexer kernels */
+bool cu_attn_init(char *err, size_t errlen);
+/* floats of `part` scratch that cu_attention needs */
+size_t cu_attention_part_floats(uint32_t T, uint32_t H, uint32_t D, uint32_t splits);
+
+#endif

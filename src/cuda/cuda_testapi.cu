@@ -1,0 +1,347 @@
+/* cuda_testapi.cu - host-in/host-out wrappers of each kernel family, for the
+ * op-by-op tests against the CPU (tests/cuda/test_cuda_ops.c). Each call
+ * uploads its inputs, runs the kernels the forward pass runs, and copies the
+ * outputs back; device memory is freed before returning. Outputs are
+ * poisoned (NaN) before the kernels run so an unwritten element fails.
+ */
+#include <string.h>
+
+#include "cuda_internal.cuh"
+#include "ds4_cuda.h"
+
+namespace {
+
+struct scope : cu_alloc {
+    char *err;
+    size_t errlen;
+    bool ok = true;
+    scope(char *e, size_t el) : err(e), errlen(el) {
+        st = 0;
+        weight_bytes = 0;
+        if (cudaStreamCreate(&st) != cudaSuccess) fail("stream");
+        char why[256];
+        if (ok && (!cu_tables_init(why, sizeof why) || !cu_attn_init(why, sizeof why))) fail(why);
+    }
+    ~scope() {
+        if (st) cudaStreamSynchronize(st);
+        for (void *p : allocs) cudaFree(p);
+        if (st) cudaStreamDestroy(st);
+    }
+    void fail(const char *what) {
+        if (ok && err && errlen) snprintf(err, errlen, "%s", what);
+        ok = false;
+    }
+    template <typename T> T *dev(size_t n, const T *host = nullptr) {
+        void *p = nullptr;
+        if (!ok) return nullptr;
+        if (!cu_dev_alloc(this, &p, n * sizeof(T) + 16, err, errlen, "test buffer")) {
+            ok = false;
+            return nullptr;
+        }
+        if (host) {
+            if (cudaMemcpy(p, host, n * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess) fail("upload");
+        } else {
+            cudaMemsetAsync(p, 0xff, n * sizeof(T) + 16, st); /* NaN poison for floats */
+        }
+        return (T *)p;
+    }
+    template <typename T> void get(T *host, const T *d, size_t n) {
+        if (!ok) return;
+        cudaError_t e = cudaStreamSynchronize(st);
+        if (e == cudaSuccess) e = cudaGetLastError();
+        if (e != cudaSuccess) {
+            char m[256];
+            snprintf(m, sizeof m, "kernel failed: %s", cudaGetErrorString(e));
+            fail(m);
+            return;
+        }
+        if (cudaMemcpy(host, d, n * sizeof(T), cudaMemcpyDeviceToHost) != cudaSuccess) fail("download");
+    }
+    bool weight(const ds4_weight *w, dweight *out) {
+        if (!ok) return false;
+        uint8_t *staging = dev<uint8_t>(64u << 20);
+        if (!ok) return false;
+        if (!cu_weight_upload(this, w, out, 1, staging, 64u << 20, nullptr, 0, err, errlen)) ok = false;
+        cudaStreamSynchronize(st);
+        return ok;
+    }
+    dact act(uint32_t rows, uint32_t n, const float *host) {
+        dact a;
+        memset(&a, 0, sizeof a);
+        a.n = n;
+        a.rows = rows;
+        a.f = dev<float>((size_t)rows * n, host);
+        if (n % 32 == 0) {
+            a.q8 = dev<int8_t>((size_t)rows * n);
+            a.d8 = dev<float>((size_t)rows * n / 32);
+        }
+        if (n % 256 == 0) {
+            a.qk = dev<int8_t>((size_t)rows * n);
+            a.dk = dev<float>((size_t)rows * n / 256);
+            a.bk = dev<int32_t>((size_t)rows * n / 16);
+        }
+        if (ok && host) cu_quantize(st, a.f, n, rows, a);
+        return a;
+    }
+};
+
+} // namespace
+
+extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint64_t n_rows, const float *x,
+                                     int T, float *y, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(w, &dw)) return false;
+    dact a = S.act((uint32_t)T, (uint32_t)w->n_in, x);
+    float *dy = S.dev<float>((size_t)T * n_rows);
+    if (!S.ok) return false;
+    mv_job j;
+    memset(&j, 0, sizeof j);
+    j.w = dw;
+    j.mat = (uint32_t)mat;
+    j.n_pairs = 1;
+    j.row0 = (uint32_t)row0;
+    j.n_rows = (uint32_t)n_rows;
+    j.x = av_of(a);
+    j.y = dy;
+    j.y_stride = (uint32_t)n_rows;
+    cu_matvec(S.st, &j, 1, (uint32_t)T);
+    S.get(y, dy, (size_t)T * n_rows);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_moe_mm(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
+                                     uint32_t x_div, float *y, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(w, &dw)) return false;
+    const uint32_t n_x = (n_pairs + x_div - 1) / x_div;
+    dact a = S.act(n_x, (uint32_t)w->n_in, x);
+    int32_t *did = S.dev<int32_t>(n_pairs, ids);
+    int32_t *cnt = S.dev<int32_t>(w->n_mat), *off = S.dev<int32_t>(w->n_mat), *list = S.dev<int32_t>(n_pairs);
+    float *dy = S.dev<float>((size_t)n_pairs * w->n_out);
+    if (!S.ok) return false;
+    cu_moe_sort(S.st, did, n_pairs, (uint32_t)w->n_mat, cnt, off, list);
+    cu_moe_mm(S.st, dw, (uint32_t)w->n_mat, cnt, off, list, av_of(a), x_div, dy, (uint32_t)w->n_out);
+    S.get(y, dy, (size_t)n_pairs * w->n_out);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_quantize(ds4_dtype type, const float *x, int rows, int n, void *out, char *err,
+                                       size_t errlen) {
+    scope S(err, errlen);
+    dact a = S.act((uint32_t)rows, (uint32_t)n, x);
+    if (!S.ok) return false;
+    if (type == DS4_TYPE_Q8_0) {
+        if (!a.q8) return S.fail("n % 32"), false;
+        std::vector<int8_t> q((size_t)rows * n);
+        std::vector<float> d((size_t)rows * n / 32);
+        S.get(q.data(), a.q8, q.size());
+        S.get(d.data(), a.d8, d.size());
+        ds4_block_q8_0 *b = (ds4_block_q8_0 *)out;
+        for (size_t i = 0; i < d.size(); i++) {
+            const __half h = __float2half_rn(d[i]);
+            b[i].d = __half_as_ushort(h);
+            memcpy(b[i].qs, &q[i * 32], 32);
+        }
+    } else {
+        if (!a.qk) return S.fail("n % 256"), false;
+        std::vector<int8_t> q((size_t)rows * n);
+        std::vector<float> d((size_t)rows * n / 256);
+        std::vector<int32_t> bs((size_t)rows * n / 16);
+        S.get(q.data(), a.qk, q.size());
+        S.get(d.data(), a.dk, d.size());
+        S.get(bs.data(), a.bk, bs.size());
+        ds4_block_q8_k *b = (ds4_block_q8_k *)out;
+        for (size_t i = 0; i < d.size(); i++) {
+            b[i].d = d[i];
+            memcpy(b[i].qs, &q[i * 256], 256);
+            for (int g = 0; g < 16; g++) b[i].bsums[g] = (int16_t)bs[i * 16 + g];
+        }
+    }
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_hc_pre(const ds4_weight *fn, const float *scale, const float *base, const float *R,
+                                     uint32_t T, uint32_t C, uint32_t E, uint32_t iters, float rms_eps, float hc_eps,
+                                     const float *norm, float *pre, float *post, float *comb, float *out, char *err,
+                                     size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(fn, &dw)) return false;
+    const uint32_t M = (2 + C) * C;
+    float *dR = S.dev<float>((size_t)T * C * E, R), *dmix = S.dev<float>(cu_hc_part_floats(T, M, C * E));
+    float *dsc = S.dev<float>(3, scale), *dbase = S.dev<float>(M, base), *dnorm = S.dev<float>(E, norm);
+    float *dpre = S.dev<float>(T * C), *dpost = S.dev<float>(T * C), *dcomb = S.dev<float>(T * C * C);
+    dact dout = S.act(T, E, nullptr);
+    if (!S.ok) return false;
+    cu_hc_mix(S.st, dw, dR, T, C * E, rms_eps, dmix);
+    hc_params hp = {dsc, dbase, C, iters, hc_eps};
+    cu_hc_pre(S.st, hp, dmix, dR, T, E, dnorm, rms_eps, dpre, dpost, dcomb, dout);
+    S.get(pre, dpre, T * C);
+    S.get(post, dpost, T * C);
+    S.get(comb, dcomb, T * C * C);
+    S.get(out, dout.f, (size_t)T * E);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_hc_post(float *R, const float *y, const float *post, const float *comb, uint32_t T,
+                                      uint32_t C, uint32_t E, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dR = S.dev<float>((size_t)T * C * E, R), *dy = S.dev<float>((size_t)T * E, y);
+    float *dpost = S.dev<float>(T * C, post), *dcomb = S.dev<float>(T * C * C, comb);
+    if (!S.ok) return false;
+    cu_hc_post(S.st, dR, dy, dpost, dcomb, T, C, E);
+    S.get(R, dR, (size_t)T * C * E);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_head_post(float *x, uint32_t T, uint32_t H, uint32_t D, uint32_t n_rot,
+                                        const float *inv_freq, int64_t pos0, bool norm, bool inverse, bool hadamard_fp4,
+                                        char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dx = S.dev<float>((size_t)T * H * D, x), *df = S.dev<float>(n_rot / 2, inv_freq);
+    int64_t *dp = S.dev<int64_t>(1, &pos0);
+    if (!S.ok) return false;
+    cu_head_post(S.st, dx, T, H, D, n_rot, df, dp, norm, 1e-6f, inverse, hadamard_fp4);
+    S.get(x, dx, (size_t)T * H * D);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_kv_store(const float *kv, uint32_t T, uint32_t D, const float *norm, uint32_t n_rot,
+                                       const float *inv_freq, int64_t pos0, bool fp8, bool f16, float *raw,
+                                       uint32_t raw_cap, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dkv = S.dev<float>((size_t)T * D, kv), *dn = S.dev<float>(D, norm), *df = S.dev<float>(n_rot / 2, inv_freq);
+    float *draw = S.dev<float>((size_t)raw_cap * D, raw);
+    int64_t *dp = S.dev<int64_t>(1, &pos0);
+    if (!S.ok) return false;
+    cu_kv_store(S.st, dkv, T, D, dn, 1e-6f, n_rot, df, dp, fp8, f16, draw, raw_cap);
+    S.get(raw, draw, (size_t)raw_cap * D);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_route(const float *logits, uint32_t T, uint32_t X, uint32_t K, const int32_t *tokens,
+                                    const int32_t *tid2eid, uint32_t vocab, const float *bias, bool norm, float scale,
+                                    int32_t *ids, float *wts, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dl = S.dev<float>((size_t)T * X, logits), *db = bias ? S.dev<float>(X, bias) : nullptr;
+    int32_t *dt = S.dev<int32_t>(T, tokens), *dtab = tid2eid ? S.dev<int32_t>((size_t)K * vocab, tid2eid) : nullptr;
+    int32_t *di = S.dev<int32_t>((size_t)T * K);
+    float *dw = S.dev<float>((size_t)T * K);
+    if (!S.ok) return false;
+    cu_route(S.st, dl, T, X, K, dt, dtab, db, norm, scale, di, dw);
+    S.get(ids, di, (size_t)T * K);
+    S.get(wts, dw, (size_t)T * K);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_moe_sum(const float *ysh, const float *ye, const int32_t *ids, uint32_t T, uint32_t K,
+                                      uint32_t E, float *y, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dsh = S.dev<float>((size_t)T * E, ysh), *dye = S.dev<float>((size_t)T * K * E, ye);
+    int32_t *di = S.dev<int32_t>((size_t)T * K, ids);
+    float *dy = S.dev<float>((size_t)T * E);
+    if (!S.ok) return false;
+    cu_moe_sum(S.st, dsh, dye, di, T, K, E, dy);
+    S.get(y, dy, (size_t)T * E);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_swiglu(const float *g, const float *u, const float *w, uint32_t rows, uint32_t F, float c,
+                                     float *h, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dg = S.dev<float>((size_t)rows * F, g), *du = S.dev<float>((size_t)rows * F, u);
+    float *dw = w ? S.dev<float>(rows, w) : nullptr;
+    dact dh = S.act(rows, F, nullptr);
+    if (!S.ok) return false;
+    cu_swiglu(S.st, dg, du, dw, rows, F, c, dh);
+    S.get(h, dh.f, (size_t)rows * F);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_compress(uint32_t ratio, uint32_t dim, uint32_t n_rot, const float *inv_freq,
+                                       const float *norm, bool indexer, bool sim, bool f16, const ds4_weight *ape,
+                                       const float *kv, const float *sc, uint32_t T, int64_t pos0, float *st_kv,
+                                       float *st_sc, float *rows, uint32_t comp_cap, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight da;
+    if (!S.weight(ape, &da)) return false;
+    const uint32_t c = ratio == 4 ? 2 : 1, W = c * dim;
+    const size_t sn = (size_t)c * ratio * W;
+    float *dkv = S.dev<float>((size_t)T * W, kv), *dsc = S.dev<float>((size_t)T * W, sc);
+    float *dskv = S.dev<float>(sn, st_kv), *dssc = S.dev<float>(sn, st_sc);
+    float *drows = S.dev<float>((size_t)comp_cap * dim, rows), *dpool = S.dev<float>((size_t)(T / ratio + 2) * dim);
+    float *df = S.dev<float>(n_rot / 2, inv_freq), *dn = S.dev<float>(dim, norm);
+    int64_t *dp = S.dev<int64_t>(1, &pos0);
+    if (!S.ok) return false;
+    comp_params cp = {ratio, dim, n_rot, df, dn, indexer, sim, f16, 1e-6f};
+    cu_compress(S.st, cp, da, dkv, dsc, T, dp, dskv, dssc, dpool, drows);
+    S.get(st_kv, dskv, sn);
+    S.get(st_sc, dssc, sn);
+    S.get(rows, drows, (size_t)comp_cap * dim);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_indexer(const float *qi, const float *wi, float wscale, const float *keys,
+                                      uint32_t n_keys, uint32_t T, uint32_t I, uint32_t ID, uint32_t K, int64_t pos0,
+                                      uint32_t *sel, uint32_t *n_sel, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dq = S.dev<float>((size_t)T * I * ID, qi), *dw = S.dev<float>((size_t)T * I, wi);
+    float *dk = S.dev<float>((size_t)n_keys * ID, keys), *dsc = S.dev<float>((size_t)T * n_keys);
+    uint32_t *ds = S.dev<uint32_t>((size_t)T * K), *dn = S.dev<uint32_t>(T);
+    int64_t *dp = S.dev<int64_t>(1, &pos0);
+    if (!S.ok) return false;
+    cu_indexer(S.st, dq, dw, wscale, dk, n_keys, T, I, ID, K, dp, dsc, ds, dn);
+    S.get(sel, ds, (size_t)T * K);
+    S.get(n_sel, dn, T);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, uint32_t D, uint32_t n_swa,
+                                        uint32_t ratio, uint32_t top_k, uint32_t n_rot, const float *inv_freq,
+                                        const float *sinks, const float *raw, uint32_t raw_cap, const float *comp,
+                                        uint32_t n_comp, const uint32_t *sel, const uint32_t *n_sel, int64_t pos0,
+                                        uint32_t splits, float *o, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dq = S.dev<float>((size_t)T * H * D, q), *df = S.dev<float>(n_rot / 2, inv_freq);
+    float *dsk = S.dev<float>(H, sinks), *draw = S.dev<float>((size_t)raw_cap * D, raw);
+    float *dcomp = S.dev<float>((size_t)(n_comp ? n_comp : 1) * D, comp);
+    uint32_t *dsel = sel ? S.dev<uint32_t>((size_t)T * top_k, sel) : nullptr;
+    uint32_t *dns = n_sel ? S.dev<uint32_t>(T, n_sel) : nullptr;
+    int64_t *dp = S.dev<int64_t>(1, &pos0);
+    const size_t pf = cu_attention_part_floats(T, H, D, splits);
+    float *part = S.dev<float>(pf), *dout = S.dev<float>((size_t)T * H * D);
+    if (!S.ok) return false;
+    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df};
+    cu_attention(S.st, ap, dq, T, dp, part, pf, splits, dout, nullptr);
+    S.get(o, dout, (size_t)T * H * D);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, const float *base, const float *R,
+                                      uint32_t T, uint32_t C, uint32_t E, float rms_eps, float hc_eps,
+                                      const float *norm, float *x, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(fn, &dw)) return false;
+    float *dR = S.dev<float>((size_t)T * C * E, R), *dsc = S.dev<float>(1, scale), *db = S.dev<float>(C, base);
+    float *dn = S.dev<float>(E, norm), *part = S.dev<float>(cu_hc_part_floats(T, C, C * E));
+    dact dx = S.act(T, E, nullptr);
+    if (!S.ok) return false;
+    cu_head_hc(S.st, dw, dsc, db, dR, T, C, E, rms_eps, hc_eps, dn, part, dx);
+    S.get(x, dx.f, (size_t)T * E);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_argmax(const float *x, uint32_t rows, uint32_t n, int32_t *out, char *err,
+                                     size_t errlen) {
+    scope S(err, errlen);
+    float *dx = S.dev<float>((size_t)rows * n, x);
+    int32_t *d = S.dev<int32_t>(rows);
+    float *scr = S.dev<float>(cu_argmax_scratch_floats(rows));
+    if (!S.ok) return false;
+    cu_argmax(S.st, dx, rows, n, d, scr);
+    S.get(out, d, rows);
+    return S.ok;
+}

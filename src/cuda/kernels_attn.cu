@@ -1,0 +1,530 @@
+/* kernels_attn.cu - KV compressors, the Lightning indexer (scores + exact
+ * top-k) and attention with sinks over the raw window and compressed rows.
+ *
+ * Every position-dependent quantity (visible rows, compressor emissions,
+ * whether the indexer is active) is computed on the device from pos0[0], the
+ * chunk's first absolute position, so one captured decode graph serves every
+ * step: the host never decides between kernels.
+ *
+ * Compressor: each output dim's state column evolves independently of the
+ * others, so one thread per dim walks the chunk's tokens in order (exactly
+ * compressor.c's arithmetic, double-precision pooling included); a second
+ * kernel normalises, rotates and quantizes the rows that closed.
+ * Indexer top-k: radix select of the k-th largest score (scores mapped to
+ * order-preserving u32 keys), then an in-order compaction that keeps ties
+ * at the threshold by lowest index: the CPU's selection, bit for bit.
+ * Attention: split over (token, 8-head group, row range); each block keeps
+ * an online softmax over tiles of 16 rows staged in shared memory (K = V, one
+ * row serves all heads of the group); a combine kernel merges the splits with
+ * the sink and applies the inverse RoPE.
+ */
+#include <string.h>
+
+#include "cuda_internal.cuh"
+
+/* ------------------------------------------------------------------------ */
+/* shared row helpers (duplicated from kernels_ops.cu: no device linking) */
+
+static __device__ void arow_rmsnorm(float *x, uint32_t n, const float *w, float eps, double *red) {
+    double ss = 0;
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) ss += (double)x[i] * x[i];
+    ss = block_sum_d(ss, red);
+    const float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = w ? __fmul_rn(__fmul_rn(x[i], scale), w[i]) : __fmul_rn(x[i], scale);
+    __syncthreads();
+}
+
+static __device__ void arow_rope(float *x, uint32_t dim, uint32_t n_rot, const float *inv_freq, int64_t pos, bool inverse) {
+    float *r = x + dim - n_rot;
+    #pragma unroll 4
+    for (uint32_t k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
+        const float theta = __fmul_rn((float)pos, inv_freq[k]);
+        const float c = cosf(theta);
+        float s = sinf(theta);
+        if (inverse) s = -s;
+        const float a = r[2 * k], b = r[2 * k + 1];
+        r[2 * k] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        r[2 * k + 1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+    }
+    __syncthreads();
+}
+
+static __device__ __forceinline__ float pow2_ceil_a(float y) {
+    int e;
+    const float m = frexpf(y, &e);
+    return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
+}
+
+static __device__ __forceinline__ float round_e4m3_a(float v) {
+    if (v < 0.015625f) return rintf(v * 512.0f) / 512.0f;
+    int e;
+    frexpf(v, &e);
+    const float step = ldexpf(1.0f, e - 1 - 3);
+    return rintf(v / step) * step;
+}
+
+static __device__ __forceinline__ float round_e2m1_a(float v) {
+    if (v <= 0.25f) return 0.0f;
+    if (v < 0.75f) return 0.5f;
+    if (v <= 1.25f) return 1.0f;
+    if (v < 1.75f) return 1.5f;
+    if (v <= 2.5f) return 2.0f;
+    if (v < 3.5f) return 3.0f;
+    if (v <= 5.0f) return 4.0f;
+    return 6.0f;
+}
+
+static __device__ void arow_fp8(float *x, uint32_t n) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (uint32_t b = (uint32_t)wid * 64; b < n; b += (uint32_t)nw * 64) {
+        const uint32_t m = n - b < 64 ? n - b : 64;
+        const float v0 = (uint32_t)lane < m ? x[b + lane] : 0.0f, v1 = (uint32_t)lane + 32 < m ? x[b + lane + 32] : 0.0f;
+        const float amax = warp_max(fmaxf(fabsf(v0), fabsf(v1)));
+        const float scale = pow2_ceil_a(fmaxf(amax, 1e-4f) / 448.0f);
+        if ((uint32_t)lane < m) {
+            const float v = fminf(fmaxf(v0 / scale, -448.0f), 448.0f);
+            x[b + lane] = copysignf(round_e4m3_a(fabsf(v)), v) * scale;
+        }
+        if ((uint32_t)lane + 32 < m) {
+            const float v = fminf(fmaxf(v1 / scale, -448.0f), 448.0f);
+            x[b + lane + 32] = copysignf(round_e4m3_a(fabsf(v)), v) * scale;
+        }
+    }
+    __syncthreads();
+}
+
+static __device__ void arow_fp4(float *x, uint32_t n) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (uint32_t b = (uint32_t)wid * 32; b < n; b += (uint32_t)nw * 32) {
+        const uint32_t m = n - b < 32 ? n - b : 32;
+        const float v0 = (uint32_t)lane < m ? x[b + lane] : 0.0f;
+        const float amax = warp_max(fabsf(v0));
+        const float scale = pow2_ceil_a(fmaxf(amax, 7.052966104933725e-38f) / 6.0f);
+        if ((uint32_t)lane < m) {
+            const float v = fminf(fmaxf(v0 / scale, -6.0f), 6.0f);
+            x[b + lane] = copysignf(round_e2m1_a(fabsf(v)), v) * scale;
+        }
+    }
+    __syncthreads();
+}
+
+static __device__ void arow_hadamard(float *x, uint32_t n) {
+    for (uint32_t h = 1; h < n; h <<= 1) {
+        #pragma unroll 4
+        for (uint32_t idx = threadIdx.x; idx < n / 2; idx += blockDim.x) {
+            const uint32_t i = (idx / h) * 2 * h + (idx % h);
+            const float a = x[i], b = x[i + h];
+            x[i] = a + b;
+            x[i + h] = a - b;
+        }
+        __syncthreads();
+    }
+    const float s = (float)(1.0 / sqrt((double)n));
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
+    __syncthreads();
+}
+
+/* ------------------------------------------------------------------------ */
+/* compressor */
+
+__global__ void comp_update_kernel(comp_params cp, dweight ape, const float *kv, const float *sc, uint32_t T,
+                                   const int64_t *pos0, float *st_kv, float *st_sc, float *pooled) {
+    const uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    const uint32_t ratio = cp.ratio, dim = cp.dim, c = ratio == 4 ? 2 : 1, W = c * dim;
+    if (j >= dim) return;
+    const int64_t p0 = pos0[0];
+    for (uint32_t t = 0; t < T; t++) {
+        const int64_t p = p0 + t;
+        const uint32_t slot = (uint32_t)(p % ratio), row = c == 2 ? ratio + slot : slot;
+        for (uint32_t lane = 0; lane < c; lane++) {
+            const uint32_t col = lane * dim + j;
+            st_kv[(size_t)row * W + col] = kv[(size_t)t * W + col];
+            st_sc[(size_t)row * W + col] = sc[(size_t)t * W + col] + dw_elem(ape, slot, col);
+        }
+        if ((p + 1) % ratio != 0) continue;
+        float m = -INFINITY;
+        for (uint32_t r = 0; r < ratio; r++) {
+            if (c == 2) m = fmaxf(m, st_sc[(size_t)r * W + j]);
+            m = fmaxf(m, st_sc[(size_t)(row - slot + r) * W + (c - 1) * dim + j]);
+        }
+        float out = 0;
+        if (m != -INFINITY) {
+            double num = 0, den = 0;
+            for (uint32_t r = 0; r < ratio; r++) {
+                if (c == 2) {
+                    const double e = exp((double)st_sc[(size_t)r * W + j] - m);
+                    num += e * st_kv[(size_t)r * W + j];
+                    den += e;
+                }
+                const size_t at = (size_t)(row - slot + r) * W + (c - 1) * dim + j;
+                const double e = exp((double)st_sc[at] - m);
+                num += e * st_kv[at];
+                den += e;
+            }
+            out = (float)(num / den);
+        }
+        const int64_t e_idx = (p + 1) / ratio - 1 - p0 / ratio;
+        pooled[(size_t)e_idx * dim + j] = out;
+        if (c == 2)
+            for (uint32_t r = 0; r < ratio; r++)
+                for (uint32_t lane = 0; lane < c; lane++) {
+                    const uint32_t col = lane * dim + j;
+                    st_kv[(size_t)r * W + col] = st_kv[(size_t)(ratio + r) * W + col];
+                    st_sc[(size_t)r * W + col] = st_sc[(size_t)(ratio + r) * W + col];
+                }
+    }
+}
+
+__global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0, const float *pooled, float *rows) {
+    extern __shared__ float s_row[];
+    __shared__ double red[32];
+    const int64_t p0 = pos0[0];
+    const uint32_t ratio = cp.ratio, dim = cp.dim;
+    const int64_t first = p0 / ratio, n_emit = (p0 + T) / ratio - first;
+    if ((int64_t)blockIdx.x >= n_emit) return;
+    const int64_t ri = first + blockIdx.x;
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = pooled[(size_t)blockIdx.x * dim + i];
+    __syncthreads();
+    arow_rmsnorm(s_row, dim, cp.norm, cp.eps, red);
+    arow_rope(s_row, dim, cp.n_rot, cp.inv_freq, ri * ratio, false);
+    if (cp.sim) {
+        if (cp.indexer) {
+            arow_hadamard(s_row, dim);
+            arow_fp4(s_row, dim);
+        } else {
+            arow_fp8(s_row, dim - cp.n_rot);
+            if (cp.f16)
+                #pragma unroll 4
+                for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = round_f16(s_row[i]);
+            __syncthreads();
+        }
+    }
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) rows[(size_t)ri * dim + i] = s_row[i];
+}
+
+void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
+                 uint32_t T, const int64_t *pos0, float *st_kv, float *st_sc, float *pooled, float *rows) {
+    comp_update_kernel<<<(cp.dim + 127) / 128, 128, 0, st>>>(cp, ape, kv, sc, T, pos0, st_kv, st_sc, pooled);
+    comp_emit_kernel<<<T / cp.ratio + 1, 128, cp.dim * sizeof(float), st>>>(cp, T, pos0, pooled, rows);
+}
+
+/* ------------------------------------------------------------------------ */
+/* indexer */
+
+#define IDX_ROWS 32
+
+__global__ void indexer_score_kernel(const float *qi, const float *wi, float wscale, const float *keys, uint32_t I,
+                                     uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t n_cap) {
+    extern __shared__ float s_mem[];
+    const uint32_t t = blockIdx.y;
+    const int64_t p = pos0[0] + t;
+    const uint32_t n_vis = (uint32_t)((p + 1) / 4);
+    const uint32_t k0 = blockIdx.x * IDX_ROWS;
+    if (n_vis <= K || k0 >= n_vis) return;
+    const uint32_t QS = ID + 1;
+    float *s_q = s_mem, *s_w = s_q + (size_t)I * QS, *s_key = s_w + I;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < I * ID; i += blockDim.x) s_q[(i / ID) * QS + i % ID] = qi[(size_t)t * I * ID + i];
+    #pragma unroll 4
+    for (uint32_t h = threadIdx.x; h < I; h += blockDim.x) s_w[h] = wi[(size_t)t * I + h] * wscale;
+    __syncthreads();
+    float *key = s_key + (size_t)wid * ID;
+    const uint32_t k1 = min(k0 + IDX_ROWS, n_vis);
+    float pre[4];
+    uint32_t kk = k0 + wid;
+#pragma unroll
+    for (int q = 0; q < 4; q++) pre[q] = kk < k1 && lane + 32 * q < ID ? keys[(size_t)kk * ID + lane + 32 * q] : 0.0f;
+    for (uint32_t k = k0 + wid; k < k1; k += nw) {
+        /* this row's key from registers, the next row's loads in flight */
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            if (lane + 32 * q < ID) key[lane + 32 * q] = pre[q];
+        const uint32_t kn = k + nw;
+#pragma unroll
+        for (int q = 0; q < 4; q++) pre[q] = kn < k1 && lane + 32 * q < ID ? keys[(size_t)kn * ID + lane + 32 * q] : 0.0f;
+        for (uint32_t i = lane + 128; i < ID; i += 32) key[i] = keys[(size_t)k * ID + i];
+        __syncwarp();
+        float part = 0;
+        for (uint32_t h = lane; h < I; h += 32) {
+            const float *q = s_q + (size_t)h * QS;
+            float d = 0;
+            for (uint32_t i = 0; i < ID; i++) d += q[i] * key[i];
+            if (d > 0) part += s_w[h] * d;
+        }
+        part = warp_sum(part);
+        if (lane == 0) scores[(size_t)t * n_cap + k] = part;
+        __syncwarp();
+    }
+}
+
+static __device__ __forceinline__ uint32_t f2key(float f) {
+    const uint32_t b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+/* Exclusive prefix of a per-thread flag over the block (blockDim 1024);
+ * returns the prefix, total in *total. s_w: 32 ints of scratch. */
+static __device__ __forceinline__ uint32_t block_flag_scan(bool flag, uint32_t *total, int *s_w) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const unsigned m = __ballot_sync(0xffffffffu, flag);
+    __syncthreads();
+    if (lane == 0) s_w[wid] = __popc(m);
+    __syncthreads();
+    uint32_t before = 0, tot = 0;
+    for (int w = 0; w < nw; w++) {
+        if (w < wid) before += s_w[w];
+        tot += s_w[w];
+    }
+    *total = tot;
+    return before + __popc(m & ((1u << lane) - 1));
+}
+
+__global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores, uint32_t n_cap, uint32_t K,
+                                                            const int64_t *pos0, uint32_t *sel, uint32_t *n_sel,
+                                                            uint32_t topk_smem_keys) {
+    __shared__ uint32_t s_hist[256];
+    __shared__ int s_w[32];
+    __shared__ uint32_t s_prefix, s_mask, s_want, s_gt;
+    const uint32_t t = blockIdx.x;
+    const int64_t p = pos0[0] + t;
+    const uint32_t n = (uint32_t)((p + 1) / 4);
+    if (n <= K) {
+        if (threadIdx.x == 0) n_sel[t] = 0xffffffffu;
+        return;
+    }
+    const float *sc = scores + (size_t)t * n_cap;
+    extern __shared__ uint32_t s_keys[]; /* n keys when they fit (cu_indexer sizes it), else read from global */
+    const bool staged = n <= topk_smem_keys;
+    if (staged)
+        #pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) s_keys[i] = f2key(sc[i]);
+    if (threadIdx.x == 0) { s_prefix = 0; s_mask = 0; s_want = K; s_gt = 0; }
+    /* radix select of the K-th largest key, 8 bits at a time from the top */
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        #pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) s_hist[i] = 0;
+        __syncthreads();
+        const uint32_t prefix = s_prefix, mask = s_mask;
+        #pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+            const uint32_t k = staged ? s_keys[i] : f2key(sc[i]);
+            if ((k & mask) == prefix) atomicAdd(&s_hist[(k >> shift) & 0xff], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) { /* the bin holding the want-th largest key: warp 0, 8 bins a lane, from the top */
+            const int lane = threadIdx.x;
+            const uint32_t want = s_want;
+            uint32_t cnt = 0;
+            for (int k = 0; k < 8; k++) cnt += s_hist[255 - (lane * 8 + k)];
+            uint32_t incl = cnt; /* inclusive prefix over lanes */
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+                const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += o;
+            }
+            const unsigned hit = __ballot_sync(0xffffffffu, incl >= want);
+            const int first = hit ? __ffs(hit) - 1 : 31;
+            if (lane == first) {
+                uint32_t acc = incl - cnt;
+                int b = 255 - lane * 8;
+                for (int k = 0; k < 7; k++, b--) {
+                    if (acc + s_hist[b] >= want) break;
+                    acc += s_hist[b];
+                }
+                s_gt += acc; /* keys above this bin (with the same prefix) */
+                s_want = want - acc;
+                s_prefix = prefix | ((uint32_t)b << shift);
+                s_mask = mask | (0xffu << shift);
+            }
+        }
+        __syncthreads();
+    }
+    const uint32_t kth = s_prefix, need_eq = K - s_gt;
+    /* in-order compaction: keys above kth, and the first need_eq equal ones */
+    uint32_t run_eq = 0, run_sel = 0;
+    for (uint32_t b = 0; b < n; b += blockDim.x) {
+        const uint32_t i = b + threadIdx.x;
+        const uint32_t k = i < n ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
+        const bool gt = i < n && k > kth, eq = i < n && k == kth;
+        uint32_t tot_eq, tot_sel;
+        const uint32_t eq_rank = run_eq + block_flag_scan(eq, &tot_eq, s_w);
+        const bool take = gt || (eq && eq_rank < need_eq);
+        const uint32_t at = run_sel + block_flag_scan(take, &tot_sel, s_w);
+        if (take && at < K) sel[(size_t)t * K + at] = i;
+        run_eq += tot_eq;
+        run_sel += tot_sel;
+    }
+    if (threadIdx.x == 0) n_sel[t] = K;
+}
+
+void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_cap,
+                uint32_t T, uint32_t I, uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t *sel,
+                uint32_t *n_sel) {
+    const size_t smem = ((size_t)I * (ID + 1) + I + 8 * ID) * sizeof(float);
+    dim3 grid((n_cap + IDX_ROWS - 1) / IDX_ROWS, T);
+    indexer_score_kernel<<<grid, 256, smem, st>>>(qi, wi, wscale, keys, I, ID, K, pos0, scores, n_cap);
+    const uint32_t staged = n_cap < 48 * 1024 ? n_cap : 48 * 1024; /* up to 192 KiB of shared memory */
+    indexer_topk_kernel<<<T, 1024, (size_t)staged * 4, st>>>(scores, n_cap, K, pos0, sel, n_sel, staged);
+}
+
+/* ------------------------------------------------------------------------ */
+/* attention */
+
+#define ATT_HPB 8   /* heads per block: one warp each */
+#define ATT_TILE 16 /* rows per shared-memory tile (<= 32: lane r holds row r's score) */
+
+size_t cu_attention_part_floats(uint32_t T, uint32_t H, uint32_t D, uint32_t splits) {
+    return (size_t)T * splits * H * (D + 2);
+}
+
+/* One warp per head: its query (DPL = D/32 values a lane) and output
+ * accumulator live in registers; each staged row is dotted by the whole
+ * warp (one reduction per row), the online softmax runs on the warp's
+ * lanes, and the value update reuses the staged row (K = V). */
+template <int DPL>
+__global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const float *q, const int64_t *pos0,
+                                                        uint32_t S, float *part_o, float *part_ml) {
+    extern __shared__ float s_k[]; /* [ATT_TILE][D] */
+    const uint32_t t = blockIdx.x, hg = blockIdx.y, s = blockIdx.z;
+    const uint32_t H = ap.H, D = ap.D;
+    const uint32_t h0 = hg * ATT_HPB, hpb = min((uint32_t)ATT_HPB, H - h0);
+    const int64_t p = pos0[0] + t;
+    const int64_t lo = p - (int64_t)ap.n_swa + 1 > 0 ? p - (int64_t)ap.n_swa + 1 : 0;
+    const uint32_t n_raw = (uint32_t)(p - lo + 1);
+    uint32_t n_comp = ap.ratio ? (uint32_t)((p + 1) / ap.ratio) : 0;
+    const uint32_t *list = NULL;
+    if (ap.ratio && ap.sel && ap.n_sel[t] != 0xffffffffu) {
+        list = ap.sel + (size_t)t * ap.top_k;
+        n_comp = ap.n_sel[t];
+    }
+    const uint32_t n = n_raw + n_comp, per = (n + S - 1) / S;
+    const uint32_t r0 = min(n, s * per), r1 = min(n, r0 + per);
+    const float scale = 1.0f / sqrtf((float)D);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const bool hv = (uint32_t)wid < hpb;
+    const float *qh = q + ((size_t)t * H + h0 + (hv ? wid : 0)) * D;
+    float qr[DPL], o[DPL];
+#pragma unroll
+    for (int j = 0; j < DPL; j++) {
+        qr[j] = hv ? qh[lane + 32 * j] : 0.0f;
+        o[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (uint32_t rb = r0; rb < r1; rb += ATT_TILE) {
+        const uint32_t nr = min((uint32_t)ATT_TILE, r1 - rb);
+        #pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < nr * (D / 4); i += blockDim.x) {
+            const uint32_t rr = i / (D / 4), c4 = i % (D / 4), r = rb + rr;
+            const float *src = r < n_raw ? ap.raw + (size_t)((lo + r) % ap.raw_cap) * D
+                                         : ap.comp + (size_t)(list ? list[r - n_raw] : r - n_raw) * D;
+            ((float4 *)(s_k + (size_t)rr * D))[c4] = ((const float4 *)src)[c4];
+        }
+        __syncthreads();
+        if (hv) {
+            float mine = -INFINITY; /* lane rr: score of row rr */
+            for (uint32_t rr = 0; rr < nr; rr++) {
+                const float *kr = s_k + (size_t)rr * D + lane;
+                float d = 0;
+#pragma unroll
+                for (int j = 0; j < DPL; j++) d += qr[j] * kr[32 * j];
+                d = warp_sum(d) * scale;
+                if ((uint32_t)lane == rr) mine = d;
+            }
+            const float mx = fmaxf(m, warp_max(mine));
+            const float alpha = expf(m - mx);
+            const float pw = (uint32_t)lane < nr ? expf(mine - mx) : 0.0f;
+            l = l * alpha + warp_sum(pw);
+            m = mx;
+#pragma unroll
+            for (int j = 0; j < DPL; j++) o[j] *= alpha;
+            for (uint32_t rr = 0; rr < nr; rr++) {
+                const float pr = __shfl_sync(0xffffffffu, pw, rr);
+                const float *kr = s_k + (size_t)rr * D + lane;
+#pragma unroll
+                for (int j = 0; j < DPL; j++) o[j] += pr * kr[32 * j];
+            }
+        }
+        __syncthreads();
+    }
+    if (hv) {
+        const size_t base = ((size_t)t * S + s) * H + h0 + wid;
+#pragma unroll
+        for (int j = 0; j < DPL; j++) part_o[base * D + lane + 32 * j] = o[j];
+        if (lane == 0) {
+            part_ml[base * 2] = m;
+            part_ml[base * 2 + 1] = l;
+        }
+    }
+}
+
+__global__ void attn_combine_kernel(attn_params ap, const int64_t *pos0, uint32_t S, const float *part_o,
+                                    const float *part_ml, float *out, dact oq) {
+    extern __shared__ float s_row[];
+    __shared__ float s_w[64];
+    __shared__ float s_inv;
+    const uint32_t t = blockIdx.x, h = blockIdx.y, H = ap.H, D = ap.D;
+    if (threadIdx.x < 32) { /* warp 0: one split per lane (S <= 32) */
+        const int lane = threadIdx.x;
+        const float sink = ap.sinks[h];
+        const size_t b = ((size_t)t * S + lane) * H + h;
+        const float ms = (uint32_t)lane < S ? part_ml[b * 2] : -INFINITY;
+        const float ls = (uint32_t)lane < S ? part_ml[b * 2 + 1] : 0.0f;
+        const float m = fmaxf(sink, warp_max(ms));
+        const float w = (uint32_t)lane < S ? expf(ms - m) : 0.0f;
+        if ((uint32_t)lane < S) s_w[lane] = w;
+        const float den = expf(sink - m) + warp_sum(ls * w);
+        if (lane == 0) s_inv = 1.0f / den;
+    }
+    __syncthreads();
+    const float inv = s_inv;
+    #pragma unroll 4
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0;
+#pragma unroll 8
+        for (uint32_t s = 0; s < S; s++) acc += part_o[(((size_t)t * S + s) * H + h) * D + d] * s_w[s];
+        s_row[d] = acc * inv;
+    }
+    __syncthreads();
+    arow_rope(s_row, D, ap.n_rot, ap.inv_freq, pos0[0] + t, true);
+    const size_t o = ((size_t)t * H + h) * D;
+    #pragma unroll 4
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) out[o + d] = s_row[d];
+    if (oq.f) /* this head's slice of the Q8_0 / Q8_K forms (D % 256 == 0) */
+        srow_quantize(s_row, D, oq.q8 ? oq.q8 + o : NULL, oq.q8 ? oq.d8 + o / 32 : NULL, oq.qk ? oq.qk + o : NULL,
+                      oq.qk ? oq.dk + o / 256 : NULL, oq.qk ? oq.bk + o / 16 : NULL);
+}
+
+void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32_t T, const int64_t *pos0, float *part,
+                  size_t part_floats, uint32_t splits, float *o, const dact *oq) {
+    const size_t smem = (size_t)ATT_TILE * ap.D * sizeof(float);
+    float *part_o = part, *part_ml = part + (size_t)T * splits * ap.H * ap.D;
+    (void)part_floats;
+    dim3 grid(T, (ap.H + ATT_HPB - 1) / ATT_HPB, splits);
+    switch (ap.D / 32) {
+    case 4: attn_part_kernel<4><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
+    case 8: attn_part_kernel<8><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
+    case 16: attn_part_kernel<16><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
+    default: attn_part_kernel<32><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
+    }
+    dact none;
+    memset(&none, 0, sizeof none);
+    dim3 g2(T, ap.H);
+    attn_combine_kernel<<<g2, 256, ap.D * sizeof(float), st>>>(ap, pos0, splits, part_o, part_ml, o,
+                                                               oq && ap.D % 256 == 0 ? *oq : none);
+}
+
+bool cu_attn_init(char *err, size_t errlen) {
+    CU_OK(cudaFuncSetAttribute(attn_part_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024), err,
+          errlen, "attention shared memory");
+    CU_OK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024), err,
+          errlen, "indexer shared memory");
+    CU_OK(cudaFuncSetAttribute(indexer_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024), err,
+          errlen, "top-k shared memory");
+    return true;
+}

@@ -1,0 +1,645 @@
+/* test_cuda_ops.c - every CUDA kernel family against the CPU function it
+ * replaces, on random inputs of awkward sizes (the ggml test-backend-ops
+ * habit). One line per case: the normalised max error (max |gpu - cpu| /
+ * max |cpu|) against the op's tolerance, and for the discontinuous
+ * low-precision simulations (FP8/FP4 rounding, where a last-bit difference
+ * upstream may move a value to the next code) the share of elements that
+ * differ. Exits 1 if any case fails. Needs a CUDA device; built by
+ * `make cuda`, run by tests/cuda/run_cuda.sh.
+ *
+ * Tolerances: integer dot products are the CPU's exactly, so matrix products
+ * differ only by float summation order (~1e-6 of the row's scale); element
+ * and row ops by libm vs CUDA math (~1 ulp); indexer selections and routing
+ * must be identical.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compressor.h"
+#include "cuda/ds4_cuda.h"
+#include "engine.h"
+#include "moe.h"
+#include "ops.h"
+#include "quant.h"
+#include "threadpool.h"
+
+static int n_fail = 0, n_pass = 0;
+static ds4_pool *pool;
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+
+static float frand(void) { /* uniform [-1, 1) */
+    rng ^= rng >> 12;
+    rng ^= rng << 25;
+    rng ^= rng >> 27;
+    return (float)((rng * 0x2545F4914F6CDD1Dull) >> 40) / 8388608.0f - 1.0f;
+}
+static void fill(float *x, size_t n, float amp) {
+    for (size_t i = 0; i < n; i++) x[i] = frand() * amp;
+}
+static float *falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+
+static void report(const char *name, double err, double tol, double frac, double frac_tol, const char *why) {
+    const bool ok = !why && err <= tol && frac <= frac_tol && err == err;
+    printf("  %-4s %-46s max err %-9.3g (tol %.0e)", ok ? "ok" : "FAIL", name, err, tol);
+    if (frac_tol > 0) printf("  differing %.4f (tol %.3f)", frac, frac_tol);
+    if (why) printf("  [%s]", why);
+    printf("\n");
+    ok ? n_pass++ : n_fail++;
+}
+
+/* normalised max error, share of elements off by more than `elt` of scale */
+static void compare(const char *name, const float *got, const float *ref, size_t n, double tol, double elt,
+                    double frac_tol) {
+    double mx = 0, md = 0;
+    size_t bad = 0, nan = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
+    if (mx == 0) mx = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (got[i] != got[i] && ref[i] == ref[i]) nan++;
+        const double d = fabs((double)got[i] - ref[i]);
+        if (d > elt * mx) bad++;
+        md = fmax(md, d);
+    }
+    double err = md / mx, frac = (double)bad / (n ? n : 1);
+    if (frac_tol > 0) err = 0; /* discontinuous op: judged by the share of differing elements */
+    else frac = 0;
+    report(name, nan ? INFINITY : err, tol, frac, frac_tol, nan ? "unwritten/NaN" : NULL);
+}
+
+static ds4_weight make_weight(ds4_dtype type, uint64_t n_in, uint64_t n_out, uint64_t n_mat, float amp, void **mem) {
+    const size_t rb = ds4_quant_row_size(type, (int64_t)n_in);
+    float *src = falloc(n_in * n_out * n_mat);
+    fill(src, n_in * n_out * n_mat, amp);
+    uint8_t *data = malloc(rb * n_out * n_mat);
+    ds4_quantize_rows(type, src, data, (int64_t)(n_out * n_mat), (int64_t)n_in, NULL);
+    free(src);
+    *mem = data;
+    ds4_weight w = {data, type, n_in, n_out, n_mat, rb};
+    return w;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void test_quantize(void) {
+    char err[256], name[96];
+    const int rows = 3, n = 512;
+    float *x = falloc(rows * n);
+    fill(x, rows * n, 3.0f);
+    for (int i = 0; i < 256; i++) x[256 + i] = 0; /* an all-zero super-block */
+    x[2 * n + 7] = 2.5f;                          /* magnitude tie, first one wins */
+    x[2 * n + 9] = -2.5f;
+    for (int ti = 0; ti < 2; ti++) {
+        const ds4_dtype t = ti ? DS4_TYPE_Q8_K : DS4_TYPE_Q8_0;
+        const size_t rb = ds4_quant_row_size(t, n);
+        uint8_t *ref = calloc(rows, rb), *got = calloc(rows, rb);
+        for (int r = 0; r < rows; r++) ds4_quantize_row(t, x + r * n, ref + r * rb, n, NULL);
+        bool ok = ds4_cuda_test_quantize(t, x, rows, n, got, err, sizeof err);
+        size_t diff = 0;
+        for (size_t i = 0; i < rows * rb; i++) diff += ref[i] != got[i];
+        snprintf(name, sizeof name, "quantize %s (%d x %d) bytes", ti ? "Q8_K" : "Q8_0", rows, n);
+        report(name, (double)diff, 0, 0, 0, ok ? NULL : err);
+        free(ref);
+        free(got);
+    }
+    free(x);
+}
+
+static void test_matmul(void) {
+    static const struct {
+        ds4_dtype t;
+        uint32_t n_in;
+    } cases[] = {{DS4_TYPE_F32, 96},   {DS4_TYPE_F16, 104},    {DS4_TYPE_BF16, 72},     {DS4_TYPE_Q8_0, 96},
+                 {DS4_TYPE_Q8_0, 4096}, {DS4_TYPE_Q2_K, 512},  {DS4_TYPE_Q4_K, 768},    {DS4_TYPE_IQ2_XXS, 512},
+                 {DS4_TYPE_IQ2_XXS, 2048}, {DS4_TYPE_F16, 4096}};
+    static const int Ts[] = {1, 3, 8, 13};
+    char err[256], name[96];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        void *mem;
+        const uint32_t n_out = 37, n_mat = 3;
+        ds4_weight w = make_weight(cases[c].t, cases[c].n_in, n_out, n_mat, 1.0f, &mem);
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti];
+            const uint64_t mat = ti % n_mat, row0 = ti == 2 ? 5 : 0, nr = ti == 2 ? 29 : n_out;
+            float *x = falloc((size_t)T * w.n_in), *ref = falloc((size_t)T * nr), *got = falloc((size_t)T * nr);
+            fill(x, (size_t)T * w.n_in, 2.0f);
+            ds4_matmul_rows(pool, &w, mat, row0, nr, x, T, ref);
+            bool ok = ds4_cuda_test_matmul(&w, mat, row0, nr, x, T, got, err, sizeof err);
+            snprintf(name, sizeof name, "matmul %s [%u x %u] mat %u T=%d", ds4_dtype_name(w.type), cases[c].n_in,
+                     (unsigned)nr, (unsigned)mat, T);
+            if (ok) compare(name, got, ref, (size_t)T * nr, 2e-5, 0, 0);
+            else report(name, INFINITY, 0, 0, 0, err);
+            free(x);
+            free(ref);
+            free(got);
+        }
+        free(mem);
+    }
+}
+
+static void test_moe_mm(void) {
+    static const ds4_dtype types[] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_Q8_0};
+    char err[256], name[96];
+    for (size_t c = 0; c < 4; c++) {
+        void *mem;
+        const uint32_t n_in = 512, n_out = 45, X = 8, P = 37, xdiv = 3;
+        ds4_weight w = make_weight(types[c], n_in, n_out, X, 1.0f, &mem);
+        int32_t ids[37];
+        for (uint32_t p = 0; p < P; p++) ids[p] = (int32_t)((p * 5 + p / 7) % 7); /* expert 7 unused */
+        const uint32_t nx = (P + xdiv - 1) / xdiv;
+        float *x = falloc((size_t)nx * n_in), *ref = falloc((size_t)P * n_out), *got = falloc((size_t)P * n_out);
+        fill(x, (size_t)nx * n_in, 2.0f);
+        for (uint32_t p = 0; p < P; p++) ds4_matmul(pool, &w, ids[p], x + (size_t)(p / xdiv) * n_in, 1, ref + (size_t)p * n_out);
+        bool ok = ds4_cuda_test_moe_mm(&w, ids, P, x, xdiv, got, err, sizeof err);
+        snprintf(name, sizeof name, "moe_mm %s (%u pairs sorted by expert)", ds4_dtype_name(w.type), P);
+        if (ok) compare(name, got, ref, (size_t)P * n_out, 2e-5, 0, 0);
+        else report(name, INFINITY, 0, 0, 0, err);
+        free(x);
+        free(ref);
+        free(got);
+        free(mem);
+    }
+}
+
+static void test_hc(void) {
+    char err[256], name[96];
+    static const uint32_t Es[] = {256, 4096};
+    for (int ei = 0; ei < 2; ei++) {
+        const uint32_t C = 4, E = Es[ei], M = (2 + C) * C, T = 3, iters = 20;
+        void *mem;
+        ds4_weight fn = make_weight(DS4_TYPE_F16, C * E, M, 1, 1.0f / sqrtf((float)(C * E)), &mem);
+        float scale[3] = {0.7f, 0.4f, 0.9f}, base[24], *norm = falloc(E);
+        for (uint32_t i = 0; i < M; i++) base[i] = frand();
+        for (uint32_t i = 0; i < E; i++) norm[i] = 1 + 0.15f * frand();
+        float *R = falloc((size_t)T * C * E);
+        fill(R, (size_t)T * C * E, 3.0f);
+        /* CPU: forward.c hc_pre + attn_norm */
+        float *flat = falloc((size_t)T * C * E), *mix = falloc(T * M), *pre = falloc(T * C), *post = falloc(T * C);
+        float *comb = falloc(T * C * C), *out = falloc((size_t)T * E);
+        for (uint32_t t = 0; t < T; t++) ds4_rmsnorm(flat + (size_t)t * C * E, R + (size_t)t * C * E, NULL, (int)(C * E), 1e-6f);
+        ds4_matmul(pool, &fn, 0, flat, (int)T, mix);
+        for (uint32_t t = 0; t < T; t++) {
+            ds4_hc_split(mix + t * M, scale, base, C, iters, 1e-6f, pre + t * C, post + t * C, comb + t * C * C);
+            for (uint32_t e = 0; e < E; e++) {
+                float s = 0;
+                for (uint32_t h = 0; h < C; h++) s += pre[t * C + h] * R[(size_t)t * C * E + h * E + e];
+                out[(size_t)t * E + e] = s;
+            }
+            ds4_rmsnorm(out + (size_t)t * E, out + (size_t)t * E, norm, (int)E, 1e-6f);
+        }
+        float *gpre = falloc(T * C), *gpost = falloc(T * C), *gcomb = falloc(T * C * C), *gout = falloc((size_t)T * E);
+        bool ok = ds4_cuda_test_hc_pre(&fn, scale, base, R, T, C, E, iters, 1e-6f, 1e-6f, norm, gpre, gpost, gcomb, gout,
+                                       err, sizeof err);
+        snprintf(name, sizeof name, "hc_pre E=%u: pre", E);
+        if (ok) compare(name, gpre, pre, T * C, 1e-5, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
+        snprintf(name, sizeof name, "hc_pre E=%u: post", E);
+        if (ok) compare(name, gpost, post, T * C, 1e-5, 0, 0);
+        snprintf(name, sizeof name, "hc_pre E=%u: comb (Sinkhorn)", E);
+        if (ok) compare(name, gcomb, comb, T * C * C, 1e-5, 0, 0);
+        snprintf(name, sizeof name, "hc_pre E=%u: collapsed + RMSNorm", E);
+        if (ok) compare(name, gout, out, (size_t)T * E, 2e-5, 0, 0);
+        /* hc_post on the same weights */
+        float *y = falloc((size_t)T * E), *Rc = falloc((size_t)T * C * E), *old = falloc(C * E);
+        fill(y, (size_t)T * E, 1.0f);
+        memcpy(Rc, R, (size_t)T * C * E * 4);
+        for (uint32_t t = 0; t < T; t++) {
+            float *Rt = R + (size_t)t * C * E;
+            memcpy(old, Rt, C * E * 4);
+            for (uint32_t b = 0; b < C; b++)
+                for (uint32_t e = 0; e < E; e++) {
+                    float s = post[t * C + b] * y[(size_t)t * E + e];
+                    for (uint32_t a = 0; a < C; a++) s += comb[t * C * C + a * C + b] * old[a * E + e];
+                    Rt[b * E + e] = s;
+                }
+        }
+        ok = ds4_cuda_test_hc_post(Rc, y, post, comb, T, C, E, err, sizeof err);
+        snprintf(name, sizeof name, "hc_post E=%u", E);
+        if (ok) compare(name, Rc, R, (size_t)T * C * E, 1e-6, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
+        free(y);
+        free(Rc);
+        free(old);
+        free(flat);
+        free(mix);
+        free(pre);
+        free(post);
+        free(comb);
+        free(out);
+        free(gpre);
+        free(gpost);
+        free(gcomb);
+        free(gout);
+        free(R);
+        free(norm);
+        free(mem);
+    }
+}
+
+static void test_head_hc(void) {
+    char err[256];
+    const uint32_t C = 4, E = 4096, T = 2;
+    void *mem;
+    ds4_weight fn = make_weight(DS4_TYPE_F16, C * E, C, 1, 1.0f / sqrtf((float)(C * E)), &mem);
+    const float scale = 0.6f;
+    float base[4] = {0.1f, -0.3f, 0.5f, 0.0f}, *norm = falloc(E);
+    for (uint32_t i = 0; i < E; i++) norm[i] = 1 + 0.15f * frand();
+    float *R = falloc((size_t)T * C * E), *flat = falloc((size_t)T * C * E), *mix = falloc(T * C);
+    float *x = falloc((size_t)T * E), *gx = falloc((size_t)T * E);
+    fill(R, (size_t)T * C * E, 4.0f);
+    for (uint32_t t = 0; t < T; t++) ds4_rmsnorm(flat + (size_t)t * C * E, R + (size_t)t * C * E, NULL, (int)(C * E), 1e-6f);
+    ds4_matmul(pool, &fn, 0, flat, (int)T, mix);
+    for (uint32_t t = 0; t < T; t++) {
+        float *xt = x + (size_t)t * E;
+        for (uint32_t h = 0; h < C; h++) {
+            const float w = ds4_sigmoid(mix[t * C + h] * scale + base[h]) + 1e-6f;
+            for (uint32_t e = 0; e < E; e++) xt[e] += w * R[(size_t)t * C * E + h * E + e];
+        }
+        ds4_rmsnorm(xt, xt, norm, (int)E, 1e-6f);
+    }
+    bool ok = ds4_cuda_test_head_hc(&fn, &scale, base, R, T, C, E, 1e-6f, 1e-6f, norm, gx, err, sizeof err);
+    if (ok) compare("output HC head + output_norm", gx, x, (size_t)T * E, 2e-5, 0, 0);
+    else report("output HC head + output_norm", INFINITY, 0, 0, 0, err);
+    free(R);
+    free(flat);
+    free(mix);
+    free(x);
+    free(gx);
+    free(norm);
+    free(mem);
+}
+
+static void test_heads(void) {
+    char err[256], name[96];
+    float inv[32];
+    ds4_rope_inv_freq(inv, 64, 160000, 16, 65536, 32, 1);
+    static const uint32_t Ds[] = {128, 512};
+    for (int di = 0; di < 2; di++)
+        for (int mode = 0; mode < 3; mode++) { /* q heads (norm), inverse, indexer (Hadamard + FP4) */
+            const uint32_t T = 3, H = 5, D = Ds[di];
+            if (mode == 2 && D != 128) continue;
+            const int64_t pos0 = 70001;
+            float *x = falloc((size_t)T * H * D), *ref = falloc((size_t)T * H * D);
+            fill(x, (size_t)T * H * D, 2.0f);
+            memcpy(ref, x, (size_t)T * H * D * 4);
+            for (uint32_t t = 0; t < T; t++)
+                for (uint32_t h = 0; h < H; h++) {
+                    float *r = ref + ((size_t)t * H + h) * D;
+                    if (mode == 0) ds4_rmsnorm(r, r, NULL, (int)D, 1e-6f);
+                    ds4_rope_tail(r, (int)D, 64, inv, pos0 + t, mode == 1);
+                    if (mode == 2) {
+                        ds4_hadamard(r, (int)D);
+                        ds4_sim_fp4_e2m1(r, (int)D);
+                    }
+                }
+            bool ok = ds4_cuda_test_head_post(x, T, H, D, 64, inv, pos0, mode == 0, mode == 1, mode == 2, err, sizeof err);
+            snprintf(name, sizeof name, "heads D=%u %s", D,
+                     mode == 0 ? "RMSNorm + RoPE" : mode == 1 ? "inverse RoPE" : "RoPE + Hadamard + FP4");
+            if (!ok) report(name, INFINITY, 0, 0, 0, err);
+            else if (mode == 2) compare(name, x, ref, (size_t)T * H * D, 0, 1e-5, 0.01);
+            else compare(name, x, ref, (size_t)T * H * D, 2e-6, 0, 0);
+            free(x);
+            free(ref);
+        }
+}
+
+static void test_kv_store(void) {
+    char err[256], name[96];
+    float inv[32];
+    ds4_rope_inv_freq(inv, 64, 10000, 1, 0, 0, 0);
+    for (int sim = 0; sim < 2; sim++) {
+        const uint32_t T = 5, D = 512, cap = 16;
+        const int64_t pos0 = 13;
+        float *kv = falloc((size_t)T * D), *norm = falloc(D), *raw = falloc((size_t)cap * D), *ref = falloc((size_t)cap * D);
+        fill(kv, (size_t)T * D, 3.0f);
+        for (uint32_t i = 0; i < D; i++) norm[i] = 1 + 0.15f * frand();
+        fill(raw, (size_t)cap * D, 1.0f);
+        memcpy(ref, raw, (size_t)cap * D * 4);
+        for (uint32_t t = 0; t < T; t++) {
+            float k[512];
+            memcpy(k, kv + (size_t)t * D, D * 4);
+            ds4_rmsnorm(k, k, norm, (int)D, 1e-6f);
+            ds4_rope_tail(k, (int)D, 64, inv, pos0 + t, false);
+            if (sim) {
+                ds4_sim_fp8_e4m3(k, (int)(D - 64));
+                ds4_round_f16(k, (int)D);
+            }
+            memcpy(ref + (size_t)((pos0 + t) % cap) * D, k, D * 4);
+        }
+        bool ok = ds4_cuda_test_kv_store(kv, T, D, norm, 64, inv, pos0, sim, sim, raw, cap, err, sizeof err);
+        snprintf(name, sizeof name, "kv rows %s (ring wraps)", sim ? "norm+RoPE+FP8+F16" : "norm+RoPE");
+        if (!ok) report(name, INFINITY, 0, 0, 0, err);
+        else if (sim) compare(name, raw, ref, (size_t)cap * D, 0, 1e-5, 0.005);
+        else compare(name, raw, ref, (size_t)cap * D, 2e-6, 0, 0);
+        free(kv);
+        free(norm);
+        free(raw);
+        free(ref);
+    }
+}
+
+static void test_route(void) {
+    char err[256], name[96];
+    const uint32_t X = 256, K = 6, T = 7, V = 50;
+    ds4_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.n_expert = X;
+    hp.n_expert_used = K;
+    hp.expert_weights_scale = 1.5;
+    hp.expert_weights_norm = true;
+    float *logits = falloc((size_t)T * X), *bias = falloc(X);
+    fill(logits, (size_t)T * X, 3.0f);
+    fill(bias, X, 0.3f);
+    int32_t *tab = malloc((size_t)K * V * 4), tokens[7] = {0, 5, 49, 17, 3, 3, 22};
+    for (uint32_t i = 0; i < K * V; i++) tab[i] = (int32_t)((i * 37 + 11) % X);
+    for (int mode = 0; mode < 3; mode++) { /* score + bias, score, hash */
+        ds4_layer L;
+        memset(&L, 0, sizeof L);
+        L.expert_bias = mode == 0 ? bias : NULL;
+        L.tid2eid = tab;
+        hp.n_hash_layer = mode == 2 ? 1 : 0;
+        int32_t rid[42], gid[42];
+        float rw[42], gw[42];
+        for (uint32_t t = 0; t < T; t++) ds4_moe_route(&hp, &L, 0, tokens[t], logits + (size_t)t * X, rid + t * K, rw + t * K);
+        bool ok = ds4_cuda_test_route(logits, T, X, K, tokens, mode == 2 ? tab : NULL, V, L.expert_bias, true, 1.5f, gid,
+                                      gw, err, sizeof err);
+        size_t diff = 0;
+        for (uint32_t i = 0; ok && i < T * K; i++) diff += rid[i] != gid[i];
+        snprintf(name, sizeof name, "router %s: expert ids (count differing)", mode == 0 ? "top-k of p+bias" : mode == 1 ? "top-k" : "hash");
+        report(name, ok ? (double)diff : INFINITY, 0, 0, 0, ok ? NULL : err);
+        snprintf(name, sizeof name, "router %s: weights", mode == 0 ? "top-k of p+bias" : mode == 1 ? "top-k" : "hash");
+        if (ok) compare(name, gw, rw, T * K, 1e-6, 0, 0);
+    }
+    free(logits);
+    free(bias);
+    free(tab);
+}
+
+static void test_moe_small(void) {
+    char err[256];
+    const uint32_t T = 3, K = 6, E = 300, F = 260;
+    float *g = falloc(T * K * F), *u = falloc(T * K * F), *w = falloc(T * K), *h = falloc(T * K * F), *ref = falloc(T * K * F);
+    fill(g, T * K * F, 14.0f);
+    fill(u, T * K * F, 14.0f);
+    fill(w, T * K, 1.0f);
+    for (uint32_t r = 0; r < T * K; r++)
+        for (uint32_t i = 0; i < F; i++) {
+            const float gv = fminf(g[r * F + i], 10.0f), uv = fminf(fmaxf(u[r * F + i], -10.0f), 10.0f);
+            ref[r * F + i] = ds4_silu(gv) * uv * w[r];
+        }
+    bool ok = ds4_cuda_test_swiglu(g, u, w, T * K, F, 10.0f, h, err, sizeof err);
+    if (ok) compare("SwiGLU with clamp and route weight", h, ref, T * K * F, 1e-6, 0, 0);
+    else report("SwiGLU with clamp and route weight", INFINITY, 0, 0, 0, err);
+    float *ysh = falloc(T * E), *ye = falloc(T * K * E), *y = falloc(T * E), *yr = falloc(T * E);
+    fill(ysh, T * E, 1.0f);
+    fill(ye, T * K * E, 1.0f);
+    int32_t ids[18] = {5, 3, 3, 200, 0, 9, 1, 2, 3, 4, 5, 6, 255, 254, 0, 1, 254, 7};
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t e = 0; e < E; e++) {
+            float s = ysh[t * E + e];
+            for (int32_t x = 0; x < 256; x++)
+                for (uint32_t k = 0; k < K; k++)
+                    if (ids[t * K + k] == x) s += ye[(t * K + k) * E + e];
+            yr[t * E + e] = s;
+        }
+    ok = ds4_cuda_test_moe_sum(ysh, ye, ids, T, K, E, y, err, sizeof err);
+    if (ok) compare("expert sum in (id, k) order", y, yr, T * E, 0, 0, 0);
+    else report("expert sum in (id, k) order", INFINITY, 0, 0, 0, err);
+    free(g); free(u); free(w); free(h); free(ref); free(ysh); free(ye); free(y); free(yr);
+}
+
+/* forward.c run_compressor, for the reference */
+static void cpu_compress(uint32_t ratio, uint32_t dim, const float *inv, const float *norm, bool indexer, bool sim,
+                         bool f16, const ds4_weight *ape, const float *kv, float *sc, uint32_t T, int64_t p0,
+                         float *st_kv, float *st_sc, float *rows) {
+    const uint32_t W = (ratio == 4 ? 2 : 1) * dim;
+    float *ape_row = falloc(W), *pooled = falloc(dim);
+    for (uint32_t t = 0; t < T; t++) {
+        const int64_t p = p0 + t;
+        ds4_weight_dequant_row(ape, 0, (uint64_t)(p % ratio), ape_row);
+        float *s = sc + (size_t)t * W;
+        for (uint32_t j = 0; j < W; j++) s[j] += ape_row[j];
+        if (!ds4_compressor_step(ratio, dim, st_kv, st_sc, kv + (size_t)t * W, s, p, pooled)) continue;
+        float *row = rows + (size_t)((p + 1) / ratio - 1) * dim;
+        ds4_rmsnorm(row, pooled, norm, (int)dim, 1e-6f);
+        ds4_rope_tail(row, (int)dim, 64, inv, p + 1 - ratio, false);
+        if (sim) {
+            if (indexer) {
+                ds4_hadamard(row, (int)dim);
+                ds4_sim_fp4_e2m1(row, (int)dim);
+            } else {
+                ds4_sim_fp8_e4m3(row, (int)(dim - 64));
+                if (f16) ds4_round_f16(row, (int)dim);
+            }
+        }
+    }
+    free(ape_row);
+    free(pooled);
+}
+
+static void test_compressor(void) {
+    char err[256], name[128];
+    float inv[32];
+    ds4_rope_inv_freq(inv, 64, 160000, 16, 65536, 32, 1);
+    static const struct {
+        uint32_t ratio, dim;
+        bool indexer;
+    } cases[] = {{4, 512, false}, {4, 128, true}, {128, 512, false}};
+    for (int c = 0; c < 3; c++)
+        for (int sim = 0; sim < 2; sim++) {
+            const uint32_t ratio = cases[c].ratio, dim = cases[c].dim, cc = ratio == 4 ? 2 : 1, W = cc * dim;
+            const uint32_t T1 = 300, T2 = 37, cap = (T1 + T2) / ratio + 1;
+            const size_t sn = (size_t)cc * ratio * W;
+            void *mem;
+            ds4_weight ape = make_weight(DS4_TYPE_F16, W, ratio, 1, 1.0f, &mem);
+            float *norm = falloc(dim), *kv = falloc((size_t)(T1 + T2) * W), *sc = falloc((size_t)(T1 + T2) * W);
+            for (uint32_t i = 0; i < dim; i++) norm[i] = 1 + 0.15f * frand();
+            fill(kv, (size_t)(T1 + T2) * W, 2.0f);
+            fill(sc, (size_t)(T1 + T2) * W, 2.0f);
+            float *skv = falloc(sn), *ssc = falloc(sn), *gkv = falloc(sn), *gsc = falloc(sn);
+            float *rows = falloc((size_t)cap * dim), *grows = falloc((size_t)cap * dim);
+            for (size_t i = 0; i < sn; i++) ssc[i] = gsc[i] = -INFINITY;
+            float *sc_cpu = falloc((size_t)(T1 + T2) * W);
+            memcpy(sc_cpu, sc, (size_t)(T1 + T2) * W * 4);
+            bool ok = true;
+            for (int part = 0; part < 2 && ok; part++) { /* two chunks: the frontier carries over */
+                const uint32_t T = part ? T2 : T1, t0 = part ? T1 : 0;
+                cpu_compress(ratio, dim, inv, norm, cases[c].indexer, sim, sim, &ape, kv + (size_t)t0 * W,
+                             sc_cpu + (size_t)t0 * W, T, t0, skv, ssc, rows);
+                ok = ds4_cuda_test_compress(ratio, dim, 64, inv, norm, cases[c].indexer, sim, sim, &ape,
+                                            kv + (size_t)t0 * W, sc + (size_t)t0 * W, T, t0, gkv, gsc, grows, cap, err,
+                                            sizeof err);
+            }
+            const uint32_t n_rows = (T1 + T2) / ratio;
+            snprintf(name, sizeof name, "compressor ratio %u dim %u%s%s: rows", ratio, dim,
+                     cases[c].indexer ? " (indexer)" : "", sim ? (cases[c].indexer ? " Hadamard+FP4" : " FP8+F16") : "");
+            if (!ok) report(name, INFINITY, 0, 0, 0, err);
+            else if (sim) compare(name, grows, rows, (size_t)n_rows * dim, 0, 1e-5, 0.01);
+            else compare(name, grows, rows, (size_t)n_rows * dim, 2e-5, 0, 0);
+            snprintf(name, sizeof name, "compressor ratio %u dim %u: frontier state", ratio, dim);
+            if (ok) {
+                /* -inf entries compare equal; replace for the metric */
+                for (size_t i = 0; i < sn; i++)
+                    if (isinf(ssc[i]) && isinf(gsc[i])) ssc[i] = gsc[i] = 0;
+                compare(name, gsc, ssc, sn, 1e-6, 0, 0);
+                compare("  ... frontier kv", gkv, skv, sn, 0, 0, 0);
+            }
+            free(norm); free(kv); free(sc); free(sc_cpu); free(skv); free(ssc); free(gkv); free(gsc);
+            free(rows); free(grows); free(mem);
+        }
+}
+
+static void test_indexer(void) {
+    char err[256], name[96];
+    static const struct {
+        uint32_t I, K, n_keys;
+        int64_t pos0;
+    } cases[] = {{32, 16, 160, 55}, {64, 512, 3000, 11990}, {64, 8, 36, 130}};
+    for (int c = 0; c < 3; c++) {
+        const uint32_t I = cases[c].I, ID = 128, K = cases[c].K, T = 4, n = cases[c].n_keys;
+        const int64_t pos0 = cases[c].pos0;
+        float *qi = falloc((size_t)T * I * ID), *wi = falloc((size_t)T * I), *keys = falloc((size_t)n * ID);
+        fill(qi, (size_t)T * I * ID, 1.0f);
+        fill(wi, (size_t)T * I, 1.0f);
+        fill(keys, (size_t)n * ID, 1.0f);
+        const float wscale = 1.0f / sqrtf((float)ID * (float)I);
+        uint32_t *sel = calloc((size_t)T * K, 4), *gsel = calloc((size_t)T * K, 4), nsel[4], gnsel[4];
+        float *score = falloc(n);
+        for (uint32_t t = 0; t < T; t++) {
+            const uint32_t nv = (uint32_t)((pos0 + t + 1) / 4);
+            if (nv <= K) {
+                nsel[t] = UINT32_MAX;
+                continue;
+            }
+            for (uint32_t k = 0; k < nv; k++) {
+                float s = 0;
+                for (uint32_t h = 0; h < I; h++) {
+                    float d = 0;
+                    for (uint32_t i = 0; i < ID; i++) d += qi[((size_t)t * I + h) * ID + i] * keys[(size_t)k * ID + i];
+                    if (d > 0) s += wi[t * I + h] * wscale * d;
+                }
+                score[k] = s;
+            }
+            nsel[t] = ds4_topk_select(score, nv, K, sel + (size_t)t * K);
+        }
+        bool ok = ds4_cuda_test_indexer(qi, wi, wscale, keys, n, T, I, ID, K, pos0, gsel, gnsel, err, sizeof err);
+        size_t diff = 0;
+        for (uint32_t t = 0; ok && t < T; t++) {
+            if (nsel[t] != gnsel[t]) { diff++; continue; }
+            if (nsel[t] == UINT32_MAX) continue;
+            diff += memcmp(sel + (size_t)t * K, gsel + (size_t)t * K, K * 4) != 0;
+        }
+        snprintf(name, sizeof name, "indexer top-%u of %u rows x %u heads: differing sets", K, n, I);
+        report(name, ok ? (double)diff : INFINITY, 0, 0, 0, ok ? NULL : err);
+        free(qi); free(wi); free(keys); free(sel); free(gsel); free(score);
+    }
+}
+
+static void test_attention(void) {
+    char err[256], name[128];
+    static const struct {
+        uint32_t H, D, ratio, splits;
+        bool sel;
+    } cases[] = {{4, 128, 0, 1, false},   {8, 512, 4, 1, true},  {64, 512, 4, 7, true},
+                 {8, 256, 128, 3, false}, {64, 512, 128, 32, false}, {5, 128, 4, 2, false}};
+    float inv[32];
+    ds4_rope_inv_freq(inv, 64, 160000, 16, 65536, 32, 1);
+    for (int c = 0; c < 6; c++) {
+        const uint32_t H = cases[c].H, D = cases[c].D, ratio = cases[c].ratio, T = 3, n_swa = 128, cap = 128 + 64;
+        const uint32_t top_k = 16;
+        const int64_t pos0 = 700;
+        const uint32_t n_comp = ratio ? (uint32_t)((pos0 + T) / ratio) : 0;
+        float *q = falloc((size_t)T * H * D), *raw = falloc((size_t)cap * D), *comp = falloc((size_t)(n_comp + 1) * D);
+        float *sinks = falloc(H), *ref = falloc((size_t)T * H * D), *got = falloc((size_t)T * H * D);
+        fill(q, (size_t)T * H * D, 1.0f);
+        fill(raw, (size_t)cap * D, 1.0f);
+        fill(comp, (size_t)(n_comp + 1) * D, 1.0f);
+        for (uint32_t h = 0; h < H; h++) sinks[h] = 1.5f * frand() + 0.5f;
+        uint32_t *sel = NULL, nsel[3];
+        if (cases[c].sel) {
+            sel = calloc((size_t)T * top_k, 4);
+            for (uint32_t t = 0; t < T; t++) {
+                nsel[t] = t == 1 ? UINT32_MAX : top_k;
+                for (uint32_t i = 0; i < top_k; i++) sel[t * top_k + i] = (i * 11 + t) % (n_comp - 1);
+            }
+        }
+        for (uint32_t t = 0; t < T; t++)
+            for (uint32_t h = 0; h < H; h++) { /* forward.c attention_worker */
+                const int64_t p = pos0 + t, lo = p - n_swa + 1 > 0 ? p - n_swa + 1 : 0;
+                const uint32_t n_raw = (uint32_t)(p - lo + 1);
+                uint32_t nc = ratio ? (uint32_t)((p + 1) / ratio) : 0;
+                const uint32_t *sl = NULL;
+                if (sel && nsel[t] != UINT32_MAX) {
+                    sl = sel + t * top_k;
+                    nc = nsel[t];
+                }
+                const float *qq = q + ((size_t)t * H + h) * D, scale = 1.0f / sqrtf((float)D);
+                float z[1024], mx = sinks[h];
+                for (uint32_t r = 0; r < n_raw + nc; r++) {
+                    const float *k = r < n_raw ? raw + (size_t)((lo + r) % cap) * D : comp + (size_t)(sl ? sl[r - n_raw] : r - n_raw) * D;
+                    float d = 0;
+                    for (uint32_t i = 0; i < D; i++) d += qq[i] * k[i];
+                    z[r] = d * scale;
+                    mx = fmaxf(mx, z[r]);
+                }
+                float den = expf(sinks[h] - mx), *o = ref + ((size_t)t * H + h) * D;
+                for (uint32_t r = 0; r < n_raw + nc; r++) {
+                    const float *v = r < n_raw ? raw + (size_t)((lo + r) % cap) * D : comp + (size_t)(sl ? sl[r - n_raw] : r - n_raw) * D;
+                    const float w = expf(z[r] - mx);
+                    den += w;
+                    for (uint32_t i = 0; i < D; i++) o[i] += w * v[i];
+                }
+                for (uint32_t i = 0; i < D; i++) o[i] /= den;
+                ds4_rope_tail(o, (int)D, 64, inv, p, true);
+            }
+        bool ok = ds4_cuda_test_attention(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp, sel,
+                                          sel ? nsel : NULL, pos0, cases[c].splits, got, err, sizeof err);
+        snprintf(name, sizeof name, "attention H=%u D=%u ratio %u%s, %u splits", H, D, ratio,
+                 cases[c].sel ? " + top-k" : "", cases[c].splits);
+        if (ok) compare(name, got, ref, (size_t)T * H * D, 2e-5, 0, 0);
+        else report(name, INFINITY, 0, 0, 0, err);
+        free(q); free(raw); free(comp); free(sinks); free(ref); free(got); free(sel);
+    }
+}
+
+static void test_argmax(void) {
+    char err[256];
+    const uint32_t rows = 3, n = 129280;
+    float *x = falloc((size_t)rows * n);
+    fill(x, (size_t)rows * n, 1.0f);
+    x[5] = 7;
+    x[900] = 7;                 /* tie: first wins */
+    x[n + n - 1] = 9;           /* last element */
+    x[2 * n + 64000] = 3;
+    int32_t got[3], ref[3] = {5, (int32_t)n - 1, 64000};
+    bool ok = ds4_cuda_test_argmax(x, rows, n, got, err, sizeof err);
+    double diff = 0;
+    for (int i = 0; ok && i < 3; i++) diff += got[i] != ref[i];
+    report("argmax over the vocabulary (ties: first)", ok ? diff : INFINITY, 0, 0, 0, ok ? NULL : err);
+    free(x);
+}
+
+int main(void) {
+    char err[256];
+    if (!ds4_cuda_backend_probe(err, sizeof err)) {
+        fprintf(stderr, "test_cuda_ops: %s\n", err);
+        return 2;
+    }
+    pool = ds4_pool_new(4);
+    printf("CUDA kernels vs the CPU reference\n");
+    test_quantize();
+    test_matmul();
+    test_moe_mm();
+    test_hc();
+    test_head_hc();
+    test_heads();
+    test_kv_store();
+    test_route();
+    test_moe_small();
+    test_compressor();
+    test_indexer();
+    test_attention();
+    test_argmax();
+    ds4_pool_free(pool);
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
