@@ -555,8 +555,10 @@ static void run_job(srv_engine *e, srv_job *j) {
         source = "rewind";
     }
     if (!extend || load) {
-        /* the live session goes: keep it on disk if it holds enough unsaved work */
-        uint32_t shared = extend ? sp.keep : 0, unsaved_from = e->saved > shared ? e->saved : shared;
+        /* the live session goes: keep it on disk if it holds enough work that
+         * is neither saved nor shared with the new prompt (another
+         * conversation is taking its place) */
+        uint32_t shared = sp.keep, unsaved_from = e->saved > shared ? e->saved : shared;
         if (e->kv && live_n >= unsaved_from + e->cfg->kv_min_tokens)
             kvdisk_save(e->kv, e->s, e->live_text.p, e->live_text.n, "evict");
         free(sp.suffix);

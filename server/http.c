@@ -313,7 +313,9 @@ static enum MHD_Result post_route(struct MHD_Connection *c, conn_ctx *cc, const 
     }
     srv_job *j = job_new(req);
     j->prompt = prompt;
-    j->path = url;
+    static const char *const names[] = {[R_CHAT] = "/v1/chat/completions", [R_COMPLETIONS] = "/v1/completions",
+                                        [R_RESPONSES] = "/v1/responses", [R_MESSAGES] = "/v1/messages"};
+    j->path = names[cc->route]; /* url lives in the connection's memory, which may go before the job */
     if (!engine_submit(H.engine, j)) {
         job_unref(j);
         return send_error(c, api, 503, "the server is busy: too many queued requests, retry later");

@@ -16,8 +16,9 @@
  *
  * Eviction: when the files exceed the budget, entries go in order of
  * tokens x (1 + hits) x 0.5^(hours since last use / 6) (short, cold, old
- * first), never the entry the current request looked up nor the one just
- * written.
+ * first), divided by 16 for an entry that is a prefix of a longer entry (the
+ * longer one serves the same conversation), never the entry the current
+ * request looked up nor the one just written.
  *
  * The tool memory is persisted beside the entries in toolmem.log (appended
  * records: "TMR1", u32 n_ids, u32 text length, u8 thinking, ids as u32
@@ -420,9 +421,21 @@ void kvdisk_reject(srv_kvdisk *kv, const char *path, const char *why) {
     pthread_mutex_unlock(&kv->mu);
 }
 
-static double score(const kv_entry *en, uint64_t now) {
+/* An entry whose text is a prefix of a longer entry's: every prompt that
+ * would use it uses the longer one, except one that leaves the conversation
+ * in between. */
+static bool superseded(const srv_kvdisk *kv, const kv_entry *en) {
+    for (size_t i = 0; i < kv->n; i++) {
+        const kv_entry *o = &kv->e[i];
+        if (o != en && o->text_len > en->text_len && !memcmp(o->text, en->text, en->text_len)) return true;
+    }
+    return false;
+}
+
+static double score(const srv_kvdisk *kv, const kv_entry *en, uint64_t now) {
     double age_h = now > en->last_used ? (double)(now - en->last_used) / 3600.0 : 0;
-    return (double)en->n_tokens * (1.0 + en->hits) * pow(0.5, age_h / 6.0);
+    double s = (double)en->n_tokens * (1.0 + en->hits) * pow(0.5, age_h / 6.0);
+    return superseded(kv, en) ? s / 16.0 : s;
 }
 
 static void evict_to_budget(srv_kvdisk *kv, uint64_t keep) {
@@ -434,7 +447,7 @@ static void evict_to_budget(srv_kvdisk *kv, uint64_t keep) {
         ssize_t worst = -1;
         for (size_t i = 0; i < kv->n; i++) {
             if (kv->e[i].key == keep || kv->e[i].key == kv->pinned) continue;
-            if (worst < 0 || score(&kv->e[i], now) < score(&kv->e[worst], now)) worst = (ssize_t)i;
+            if (worst < 0 || score(kv, &kv->e[i], now) < score(kv, &kv->e[worst], now)) worst = (ssize_t)i;
         }
         if (worst < 0) return;
         srv_log("kv cache: evicting %016llx (%u tokens, %u hits, %s)", (unsigned long long)kv->e[worst].key,

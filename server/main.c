@@ -47,24 +47,6 @@ static void usage(FILE *fp) {
             "  --quiet                   no log lines\n");
 }
 
-static FILE *trace_fp;
-static pthread_mutex_t trace_mu = PTHREAD_MUTEX_INITIALIZER;
-
-void trace_open(const char *path) {
-    trace_fp = fopen(path, "a");
-    if (!trace_fp) srv_log("--trace %s: cannot open", path);
-}
-
-void trace_write(const char *job_id, const char *what, const char *text, size_t len) {
-    if (!trace_fp) return;
-    pthread_mutex_lock(&trace_mu);
-    fprintf(trace_fp, "=== %s %s (%zu bytes)\n", job_id, what, len);
-    fwrite(text, 1, len, trace_fp);
-    fputs("\n", trace_fp);
-    fflush(trace_fp);
-    pthread_mutex_unlock(&trace_mu);
-}
-
 static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
     char *end;
     unsigned long long v = strtoull(s, &end, 10);

