@@ -27,7 +27,7 @@ LIB     = $(BUILD)/libds4.a
 PROGRAMS = ds4 ds4-quantize ds4-server
 TEST_SRC = $(wildcard tests/test_*.c)
 TEST_BIN = $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-BENCH_SRC = $(wildcard bench/*.c)
+BENCH_SRC = $(filter-out bench/ds4_bench.c,$(wildcard bench/*.c))
 BENCH_BIN = $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 TOOL_SRC = $(wildcard tests/tools/*.c)
 TOOL_BIN = $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(TOOL_SRC))
@@ -82,6 +82,7 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 test: all $(TEST_BIN) $(TOOL_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t; done
 	@set -e; for s in $(sort $(wildcard tests/run_*.sh)); do echo "== $$s"; PYTHON=$(PYTHON) sh $$s; done
+	@$(MAKE) --no-print-directory cuda-check
 	@echo "all tests passed"
 
 # `make deps`: Debian packages + .venv with the Python test requirements.
@@ -101,6 +102,38 @@ demo: all
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b; done
 
+# ./ds4-bench (docs/BENCH.md): speed at context frontiers; CPU build here,
+# the CUDA build comes with `make cuda`.
+ds4-bench: $(BUILD)/bench/ds4_bench.o $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# CUDA backend (docs/CUDA.md). `make cuda` relinks ./ds4 and builds ./ds4-bench
+# and the op tests with the GPU backend (CUDA_ARCH=sm_90 by default;
+# CUDA_ARCH=generic embeds sm_80/sm_90/sm_120 code plus PTX, for other cards
+# such as the DGX Spark's). `make cuda-test` runs the op tests and the
+# whole-model checks on a GPU machine. `make test` compiles the .cu files when
+# nvcc is found (cuda-check) and skips that otherwise.
+NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA_ARCH ?= sm_90
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_GENCODE = $(if $(filter generic,$(CUDA_ARCH)),-gencode arch=compute_80$(,)code=sm_80 -gencode arch=compute_90$(,)code=sm_90 -gencode arch=compute_120$(,)code=[sm_120$(,)compute_120],-arch=$(CUDA_ARCH))
+, := ,
+NVCCFLAGS ?= -O3 -std=c++17 -lineinfo
+CUDA_OBJ  = $(patsubst src/cuda/%.cu,$(BUILD)/cuda/$(CUDA_ARCH)/%.o,$(wildcard src/cuda/*.cu))
+CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+$(BUILD)/cuda/$(CUDA_ARCH)/%.o: src/cuda/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) $(CUDA_GENCODE) -Iinclude -Isrc -MD -MF $(@:.o=.d) -c $< -o $@
+cuda: $(CLI_OBJ) $(LIB) $(CUDA_OBJ) $(BUILD)/bench/ds4_bench.o $(BUILD)/tests/cuda/test_cuda_ops.o
+	$(CC) $(CFLAGS) $(LDFLAGS) $(CLI_OBJ) $(CUDA_OBJ) $(LIB) -o ds4 $(CUDA_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(BUILD)/bench/ds4_bench.o $(CUDA_OBJ) $(LIB) -o ds4-bench $(CUDA_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(BUILD)/tests/cuda/test_cuda_ops.o $(CUDA_OBJ) $(LIB) -o $(BUILD)/tests/cuda/test_cuda_ops $(CUDA_LIBS) $(LDLIBS)
+cuda-test: cuda ds4-quantize
+	sh tests/cuda/run_cuda.sh
+cuda-check:
+	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory $(CUDA_OBJ) > /dev/null && echo "cuda-check: the CUDA backend compiles ($(CUDA_ARCH))"; \
+	else echo "cuda-check: no nvcc, CUDA compile check skipped"; fi
+
 FUZZ_CC ?= clang
 fuzz: $(BUILD)/fuzz/fuzz_gguf
 $(BUILD)/fuzz/fuzz_gguf: fuzz/fuzz_gguf.c $(LIB_SRC)
@@ -108,7 +141,7 @@ $(BUILD)/fuzz/fuzz_gguf: fuzz/fuzz_gguf.c $(LIB_SRC)
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc fuzz/fuzz_gguf.c src/gguf.c src/dtype.c -o $@ -lm
 
 clean:
-	rm -rf $(BUILD) $(PROGRAMS)
+	rm -rf $(BUILD) $(PROGRAMS) ds4-bench
 
-.PHONY: all test bench fuzz clean demo deps
+.PHONY: all test bench fuzz clean demo deps cuda cuda-test cuda-check
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
