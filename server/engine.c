@@ -449,7 +449,10 @@ static void generate(srv_engine *e, srv_job *j) {
             if (f >= 0 && (uint32_t)f < e->vocab) e->masked[f] = 0;
             logits = e->masked;
         }
-        bool syntax = tools && think_end != (size_t)-1 && in_dsml_syntax(raw.p + think_end, raw.n - think_end);
+        /* DSML after the reasoning, or (tolerated, like the parser does) inside
+         * reasoning that was never closed */
+        size_t dsml_from = think_end != (size_t)-1 ? think_end : 0;
+        bool syntax = tools && in_dsml_syntax(raw.p + dsml_from, raw.n - dsml_from);
         int32_t t = ds4_sampler_sample(syntax ? greedy : sampler, logits, e->vocab);
         n_gen++;
         if (n_gen == 1) j->t_first = now_s();
@@ -483,8 +486,8 @@ static void generate(srv_engine *e, srv_job *j) {
             ds4_dsml_parser_feed(parser, raw.p + fed, safe - fed);
             fed = safe;
         }
-        bool closed = tools && think_end != (size_t)-1 &&
-                      memfind(raw.p + think_end, raw.n - think_end, M_BLOCK_CLOSE, sizeof M_BLOCK_CLOSE - 1);
+        dsml_from = think_end != (size_t)-1 ? think_end : 0;
+        bool closed = tools && memfind(raw.p + dsml_from, raw.n - dsml_from, M_BLOCK_CLOSE, sizeof M_BLOCK_CLOSE - 1);
         if (ds4_session_n_tokens(e->s) + 1 > n_ctx) {
             finish = "length";
             break;

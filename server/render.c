@@ -2,8 +2,9 @@
  *
  * The rendering itself is src/chat_template (byte-exact with DeepSeek's
  * encoder). Around it, the server:
- *   - puts the request's tools on the first system message (inserting an
- *     empty one when there is none), as the reference server does;
+ *   - puts the request's tools and response format (JSON schema) on the
+ *     first system message (inserting an empty one when there is none), as
+ *     the reference server does;
  *   - replays earlier tool-call turns byte for byte: an assistant message
  *     whose tool-call ids are in the tool memory is rendered as the exact
  *     text the model generated (reasoning, then content with the sampled DSML
@@ -145,7 +146,8 @@ bool srv_render(const srv_request *r, srv_toolmem *tm, const ds4_tokenizer *tok,
     ds4_chat_prompt p = {0};
     if (!msgs || !rp || !own) abort();
     size_t k = 0;
-    if (r->tools_json) {
+    bool sys_extras = r->tools_json || r->response_format_json;
+    if (sys_extras) {
         size_t first_sys = n;
         for (size_t i = 0; i < n; i++)
             if (!strcmp(r->msgs[i].role, "system")) {
@@ -156,10 +158,11 @@ bool srv_render(const srv_request *r, srv_toolmem *tm, const ds4_tokenizer *tok,
     }
     memcpy(msgs + k, r->msgs, n * sizeof *msgs);
     n += k;
-    if (r->tools_json)
+    if (sys_extras)
         for (size_t i = 0; i < n; i++)
             if (!strcmp(msgs[i].role, "system")) {
                 msgs[i].tools_json = r->tools_json;
+                msgs[i].response_format_json = r->response_format_json;
                 break;
             }
     for (size_t i = 0; i < n; i++) {

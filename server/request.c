@@ -257,6 +257,26 @@ static bool parse_tools(pctx *c, const cJSON *root, int kind) {
     return true;
 }
 
+/* response_format (chat) / text.format (responses): a JSON schema that the
+ * template states in the system prompt (an instruction, not constrained
+ * decoding). json_object asks for any object. */
+static bool parse_response_format(pctx *c, const cJSON *rf, const char *key) {
+    if (!rf || cJSON_IsNull(rf)) return true;
+    const char *type = jstr(rf, "type");
+    if (!cJSON_IsObject(rf) || !type) return fail(c, 400, "'%s' must be an object with a 'type'", key);
+    if (!strcmp(type, "text")) return true;
+    if (!strcmp(type, "json_object")) {
+        c->r->response_format_json = "{\"type\": \"object\"}";
+        return true;
+    }
+    if (strcmp(type, "json_schema")) return fail(c, 400, "'%s.type' must be text, json_object or json_schema", key);
+    const cJSON *js = jget(rf, "json_schema");
+    const cJSON *schema = jget(js ? js : rf, "schema");
+    if (!cJSON_IsObject(schema)) return fail(c, 400, "'%s' json_schema needs a 'schema' object", key);
+    c->r->response_format_json = jprint(&c->r->ar, schema);
+    return true;
+}
+
 static bool common(pctx *c, const cJSON *root) {
     srv_request *r = c->r;
     const cJSON *model = jget(root, "model");
@@ -278,7 +298,7 @@ static bool parse_chat(pctx *c, const cJSON *root) {
     srv_request *r = c->r;
     static const char *const mt[] = {"max_tokens", "max_completion_tokens", NULL};
     if (!common(c, root) || !parse_max_tokens(c, root, mt) || !parse_stop(c, root, "stop") ||
-        !parse_tools(c, root, 0))
+        !parse_tools(c, root, 0) || !parse_response_format(c, jget(root, "response_format"), "response_format"))
         return false;
     const cJSON *msgs = jget(root, "messages");
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) return fail(c, 400, "'messages' must be a non-empty array%s", NULL);
@@ -349,7 +369,7 @@ static bool parse_responses(pctx *c, const cJSON *root) {
     srv_request *r = c->r;
     static const char *const mt[] = {"max_output_tokens", "max_tokens", NULL};
     if (!common(c, root) || !parse_max_tokens(c, root, mt) || !parse_stop(c, root, "stop") ||
-        !parse_tools(c, root, 1))
+        !parse_tools(c, root, 1) || !parse_response_format(c, jget(jget(root, "text"), "format"), "text.format"))
         return false;
     if (jget(root, "previous_response_id") && !cJSON_IsNull(jget(root, "previous_response_id")))
         return fail(c, 400, "'previous_response_id' is not supported: this server keeps no conversations, send the whole input%s", NULL);

@@ -69,6 +69,7 @@ typedef struct {
     ds4_chat_message *msgs;  /* strings and tool calls in ar */
     size_t n_msgs, cap_msgs;
     const char *tools_json;  /* JSON array of function schemas, NULL: no tools */
+    const char *response_format_json; /* JSON schema the answer must follow, NULL: free text */
     ds4_think_mode think;
     uint32_t max_tokens;     /* 0: server cap */
     ds4_sampler_params sp;

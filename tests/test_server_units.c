@@ -263,6 +263,7 @@ static void test_render_replay(void **state) {
     srv_prompt p;
     assert_true(srv_render(&r, tm, tok, &cfg, &p, err, sizeof err));
     assert_int_equal(p.n_replayed, 1);
+    assert_null(strstr(p.text, "## Response Format"));
     const char *at = strstr(p.text, gen);
     assert_non_null(at); /* the exact generated turn, reasoning included */
     size_t a = (size_t)(at - p.text), b = a + strlen(gen);
@@ -278,6 +279,31 @@ static void test_render_replay(void **state) {
     srv_prompt_free(&p);
     srv_request_free(&r);
     toolmem_free(tm);
+    ds4_tokenizer_free(tok);
+}
+
+static void test_render_response_format(void **state) {
+    (void)state;
+    if (!model_path()) skip();
+    ds4_tokenizer *tok = load_tok();
+    srv_config cfg = test_cfg();
+    srv_request r;
+    int st;
+    char err[256];
+    assert_true(parse(API_CHAT,
+                      "{\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":"
+                      "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}},"
+                      "\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}",
+                      &r, &st, err));
+    srv_prompt p;
+    assert_true(srv_render(&r, NULL, tok, &cfg, &p, err, sizeof err));
+    assert_non_null(strstr(p.text, "## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n"
+                                   "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}}}"));
+    srv_prompt_free(&p);
+    srv_request_free(&r);
+    assert_false(parse(API_CHAT, "{\"response_format\":{\"type\":\"xml\"},\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}",
+                       &r, &st, err));
+    srv_request_free(&r);
     ds4_tokenizer_free(tok);
 }
 
@@ -422,6 +448,7 @@ int main(void) {
         cmocka_unit_test(test_responses_items), cmocka_unit_test(test_anthropic_blocks),
         cmocka_unit_test(test_bad_requests),    cmocka_unit_test(test_error_shapes),
         cmocka_unit_test(test_toolmem_bounded), cmocka_unit_test(test_render_replay),
+        cmocka_unit_test(test_render_response_format),
         cmocka_unit_test(test_kvdisk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -183,6 +183,18 @@ def test_chat_tool_stream(t):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
+def test_tool_call_inside_unclosed_reasoning(t):
+    # the model opens a tool block without closing </think>: the call is still
+    # parsed, and the closed block ends the turn (nothing after it is sampled)
+    text = tool_call_text("get_weather", {"city": "Nice"}).replace("</think>", "")
+    r = t.oa.chat.completions.create(model="x", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL],
+                                     max_tokens=300, extra_body={"ds4_force": text + "TRAILING JUNK" + EOS})
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls", c
+    assert json.loads(c.message.tool_calls[0].function.arguments) == {"city": "Nice"}
+    assert "JUNK" not in (c.message.content or "") + (c.message.reasoning_content or "")
+
+
 def test_completions(t):
     r = t.oa.completions.create(model="x", prompt="Once upon a time", max_tokens=30,
                                 extra_body={"ds4_force": "Hmm.</think>there was a tiny model." + EOS})
@@ -506,7 +518,7 @@ def test_no_cors_by_default(t):
 
 
 MAIN = [test_models_health, test_no_cors_by_default, test_chat_basic, test_chat_forced_text_nothink, test_chat_thinking_split, test_chat_stream,
-        test_chat_stop_string, test_chat_tool_round_trip, test_chat_tool_stream, test_completions,
+        test_chat_stop_string, test_chat_tool_round_trip, test_chat_tool_stream, test_tool_call_inside_unclosed_reasoning, test_completions,
         test_responses_basic, test_responses_incomplete, test_responses_stream_and_tools,
         test_responses_previous_id_rejected, test_messages_basic, test_messages_thinking_disabled,
         test_messages_max_tokens_and_stop, test_messages_stream_tool_round_trip, test_messages_count_tokens,
