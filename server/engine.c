@@ -406,7 +406,8 @@ static bool in_dsml_syntax(const char *t, size_t n) {
 
 static void generate(srv_engine *e, srv_job *j) {
     srv_request *rq = j->req;
-    const bool thinking = j->prompt.thinking, tools = rq->tools_json != NULL;
+    /* a continued assistant turn is past its reasoning: output is content */
+    const bool thinking = j->prompt.thinking && !j->prompt.continues, tools = rq->tools_json != NULL;
     gen_ctx g = {.e = e, .j = j, .id_prefix = rq->api == API_MESSAGES ? "toolu_" : "call_"};
     ds4_utf8_stream_init(&g.u8[0], true);
     ds4_utf8_stream_init(&g.u8[1], true);
@@ -509,7 +510,7 @@ static void generate(srv_engine *e, srv_job *j) {
     int n_calls = ds4_dsml_parser_n_calls(parser);
     if (n_calls > 0 && (!strcmp(finish, "stop") || !strcmp(finish, "tool_calls"))) finish = "tool_calls";
     else if (!strcmp(finish, "tool_calls")) finish = "stop";
-    if (n_calls > 0) {
+    if (n_calls > 0 && !j->prompt.continues) {
         /* remember the turn as the live session holds it: up to the block's end */
         const char *close = memfind_last(raw.p ? raw.p : "", raw.n, M_BLOCK_CLOSE);
         size_t keep = close ? (size_t)(close - raw.p) + sizeof M_BLOCK_CLOSE - 1 : raw.n;

@@ -13,6 +13,8 @@
  *     with its DSML markers as special tokens (it is the model's own text);
  *     the tool results that follow are put in call order here, since the
  *     renderer no longer sees the calls;
+ *   - renders a last assistant message without its end-of-turn token, so
+ *     that the model continues it (Anthropic prefill);
  *   - tokenizes everything the client wrote as plain text (special-token
  *     strings inside contents stay text) unless --trust-content.
  */
@@ -191,6 +193,10 @@ bool srv_render(const srv_request *r, srv_toolmem *tm, const ds4_tokenizer *tok,
         m->n_tool_calls = 0;
         order_tool_results(msgs, n, i, &am);
     }
+    /* a last assistant message is a prefix for the model to continue
+     * (Anthropic prefill, DeepSeek's chat prefix completion) */
+    bool continues = n > 0 && !strcmp(msgs[n - 1].role, "assistant") && !msgs[n - 1].n_tool_calls && !n_rp;
+    if (continues) msgs[n - 1].wo_eos = true;
     ds4_chat_options opt = {.think = r->think, .ctx_size = cfg->ctx};
     if (!ds4_chat_render(msgs, n, &opt, &p, err, errlen)) goto done;
     for (size_t i = n_rp; i-- > 0;) {
@@ -213,6 +219,7 @@ bool srv_render(const srv_request *r, srv_toolmem *tm, const ds4_tokenizer *tok,
     if (!out->offs) abort();
     srv_token_offsets(tok, out->ids, out->n, 0, out->offs);
     out->thinking = thinking;
+    out->continues = continues;
     out->n_replayed = (int)n_rp;
     ok = true;
 done:

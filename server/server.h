@@ -107,6 +107,7 @@ typedef struct {
     uint32_t *offs; /* [n + 1] byte offset of each token, offs[n] = len */
     uint32_t n;
     bool thinking;
+    bool continues; /* ends inside an assistant turn (prefill): the model continues its text */
     int n_replayed; /* assistant turns replayed byte-exactly */
 } srv_prompt;
 

@@ -302,6 +302,14 @@ def test_messages_stream_tool_round_trip(t):
                                                 m2.usage.input_tokens + m2.usage.cache_read_input_tokens)
 
 
+def test_messages_prefill_continues(t):
+    # a last assistant message is continued, and only the new text comes back
+    m = t.an.messages.create(model="c", max_tokens=30, messages=[{"role": "user", "content": "JSON please"},
+                                                                 {"role": "assistant", "content": "{\"answer\": "}],
+                             extra_body={"ds4_force": "42}" + EOS})
+    assert [b.type for b in m.content] == ["text"] and m.content[0].text == "42}", m.content
+
+
 def test_messages_count_tokens(t):
     r = t.an.messages.count_tokens(model="c", messages=[{"role": "user", "content": "Hello world"}])
     assert r.input_tokens > 3
@@ -521,7 +529,7 @@ MAIN = [test_models_health, test_no_cors_by_default, test_chat_basic, test_chat_
         test_chat_stop_string, test_chat_tool_round_trip, test_chat_tool_stream, test_tool_call_inside_unclosed_reasoning, test_completions,
         test_responses_basic, test_responses_incomplete, test_responses_stream_and_tools,
         test_responses_previous_id_rejected, test_messages_basic, test_messages_thinking_disabled,
-        test_messages_max_tokens_and_stop, test_messages_stream_tool_round_trip, test_messages_count_tokens,
+        test_messages_max_tokens_and_stop, test_messages_stream_tool_round_trip, test_messages_prefill_continues, test_messages_count_tokens,
         test_messages_errors_shape, test_prefix_reuse_multi_turn, test_special_tokens_in_content_are_text,
         test_concurrent_requests, test_disconnect_cancels, test_keepalive_during_prefill, test_malformed_requests,
         test_trace_and_log, test_disk_prepare]
