@@ -34,10 +34,12 @@ static void usage(FILE *out) {
             "  --temp T --top-k K --top-p P --min-p P --seed S   sampling (default T 1, min-p 0.05)\n"
             "  -c, --ctx N            context size (default 32768)\n"
             "  -t, --threads N        CPU threads (default: all cores)\n"
-            "  --exact                turn off the official low-precision simulations\n");
+            "  --exact                turn off the official low-precision simulations\n"
+            "  --backend cpu|cuda     where the forward pass runs (default: CUDA when built in and a GPU is present)\n");
 }
 
 int ds4_cmd_chat(int argc, char **argv) {
+    const char *backend = NULL;
     const char *model = NULL, *prompt = NULL, *prompt_file = NULL, *system = "You are a helpful assistant";
     bool raw = false, exact = false;
     ds4_think_mode think = DS4_THINK_HIGH;
@@ -69,6 +71,7 @@ int ds4_cmd_chat(int argc, char **argv) {
         else if (!strcmp(f, "--top-p")) sp.top_p = strtof(v, NULL);
         else if (!strcmp(f, "--min-p")) sp.min_p = strtof(v, NULL);
         else if (!strcmp(f, "--seed")) sp.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(f, "--backend")) backend = v;
         else {
             fprintf(stderr, "ds4: unknown option '%s' (see ds4 --help)\n", f);
             return 2;
@@ -87,7 +90,7 @@ int ds4_cmd_chat(int argc, char **argv) {
     }
     char err[512];
     int rc = 1;
-    ds4_model *m = ds4_model_load(model, &(ds4_model_params){.n_threads = threads, .exact = exact}, err, sizeof err);
+    ds4_model *m = ds4_model_load(model, &(ds4_model_params){.n_threads = threads, .exact = exact, .backend = backend}, err, sizeof err);
     ds4_tokenizer *tok = NULL;
     ds4_session *s = NULL;
     ds4_sampler *smp = NULL;
