@@ -21,8 +21,10 @@
  * Disk saves (docs/SERVER.md, "Disk KV cache"): cold (a new prompt's stable
  * prefix, the tokens before its last <｜Assistant｜>, once it has
  * --kv-cache-min-tokens), continued (the same, every
- * --kv-cache-continued-interval-tokens more), evict (a live session with
- * enough unsaved tokens that a new conversation replaces), shutdown.
+ * --kv-cache-continued-interval-tokens more), system (a new prompt's system
+ * block, shared by new conversations of the same agent), evict (a live
+ * session with enough unsaved tokens that a new conversation replaces),
+ * shutdown.
  *
  * Generation: the request's sampler, except inside DSML tool-call syntax
  * (tags, parameter headers) where the token is argmax; string and JSON
@@ -43,6 +45,7 @@
 
 #define DSML "\xef\xbd\x9c" "DSML\xef\xbd\x9c"
 #define ASSISTANT_TOK "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
+#define USER_TOK "<\xef\xbd\x9cUser\xef\xbd\x9c>"
 static const char M_BLOCK_OPEN[] = "<" DSML "tool_calls>";
 static const char M_BLOCK_CLOSE[] = "</" DSML "tool_calls>";
 static const char M_PARAM_OPEN[] = "<" DSML "parameter";
@@ -61,7 +64,7 @@ struct srv_engine {
     uint32_t saved;      /* live tokens already covered by a disk entry */
     char *rewind_path;   /* rewind checkpoint (see rewind_save), NULL: off */
     sbuf rewind_text;    /* its text; empty: none */
-    int32_t eos, assistant_tok;
+    int32_t eos, assistant_tok, user_tok;
     uint32_t vocab;
     float *masked; /* [vocab] logits for forced tokens */
     pthread_t th;
@@ -283,8 +286,14 @@ static void rewind_save(srv_engine *e) {
     sb_put(&e->rewind_text, e->live_text.p, e->live_text.n);
 }
 
-static bool prefill(srv_engine *e, srv_job *j, const int32_t *ids, uint32_t n, uint32_t save_at, bool disk,
-                    const char *reason) {
+/* A point in the prompt where the session is saved on the way. */
+typedef struct {
+    uint32_t at;        /* absolute token count; 0: none */
+    bool disk, rewind;  /* to the disk cache (with reason), as the rewind checkpoint */
+    const char *reason;
+} checkpoint;
+
+static bool prefill(srv_engine *e, srv_job *j, const int32_t *ids, uint32_t n, const checkpoint *cp, int n_cp) {
     const uint32_t step = 256;
     uint32_t base = ds4_session_n_tokens(e->s), done = 0;
     double t0 = now_s(), last_log = t0;
@@ -293,15 +302,19 @@ static bool prefill(srv_engine *e, srv_job *j, const int32_t *ids, uint32_t n, u
         if (atomic_load(&j->cancel)) return false;
         uint32_t pos = base + done, T = step - pos % step;
         if (T > n - done) T = n - done;
-        if (save_at > pos && save_at < pos + T) T = save_at - pos;
+        for (int c = 0; c < n_cp; c++)
+            if (cp[c].at > pos && cp[c].at < pos + T) T = cp[c].at - pos;
         if (!live_eval(e, ids + done, T, err, sizeof err)) {
             job_fail(j, 500, err);
             return false;
         }
         done += T;
-        if (save_at && base + done == save_at) {
-            if (disk && kvdisk_save(e->kv, e->s, e->live_text.p, e->live_text.n, reason)) e->saved = save_at;
-            if (e->rewind_path) rewind_save(e);
+        for (int c = 0; c < n_cp; c++) {
+            if (!cp[c].at || base + done != cp[c].at) continue;
+            if (cp[c].disk && kvdisk_save(e->kv, e->s, e->live_text.p, e->live_text.n, cp[c].reason) &&
+                cp[c].at > e->saved)
+                e->saved = cp[c].at;
+            if (cp[c].rewind && e->rewind_path) rewind_save(e);
         }
         job_push(j, (srv_event){.kind = EV_PROGRESS, .index = (int)done, .len = n});
         double t = now_s();
@@ -614,19 +627,32 @@ static void run_job(srv_engine *e, srv_job *j) {
         free(sp.suffix);
         return;
     }
-    /* checkpoint: before the last <｜Assistant｜> of the prompt (the prefix a
-     * later request of this conversation will share) */
-    uint32_t save_at = 0;
-    const char *reason = covered ? "continued" : "cold";
+    /* checkpoints: before the last <｜Assistant｜> of the prompt (the prefix a
+     * later request of this conversation will share): the rewind checkpoint,
+     * and a disk save (cold, or continued every --kv-cache-continued-interval
+     * tokens); and the end of the system block (system prompt and tools),
+     * before the first <｜User｜>, which new conversations of the same agent
+     * share */
+    checkpoint cp[2] = {{0}};
     for (uint32_t i = n_suffix; i-- > 0;)
         if (suffix[i] == e->assistant_tok) {
-            save_at = sp.keep + i;
+            cp[0].at = sp.keep + i;
             break;
         }
-    if (save_at <= sp.keep) save_at = 0;
+    if (cp[0].at <= sp.keep) cp[0].at = 0;
     uint32_t need = covered ? e->cfg->kv_interval_tokens : e->cfg->kv_min_tokens;
-    bool disk = e->kv && save_at && save_at >= e->cfg->kv_min_tokens && save_at >= covered + need;
-    if (n_suffix && !prefill(e, j, suffix, n_suffix, save_at, disk, reason)) {
+    cp[0].rewind = true;
+    cp[0].disk = e->kv && cp[0].at && cp[0].at >= e->cfg->kv_min_tokens && cp[0].at >= covered + need;
+    cp[0].reason = covered ? "continued" : "cold";
+    if (e->kv && !covered) {
+        for (uint32_t i = 0; i < n_suffix; i++)
+            if (suffix[i] == e->user_tok) {
+                if (i > 0 && sp.keep + i >= e->cfg->kv_min_tokens && sp.keep + i < cp[0].at)
+                    cp[1] = (checkpoint){.at = sp.keep + i, .disk = true, .reason = "system"};
+                break;
+            }
+    }
+    if (n_suffix && !prefill(e, j, suffix, n_suffix, cp, 2)) {
         free(sp.suffix);
         if (!j->finish) j->finish = "cancelled";
         return;
@@ -699,6 +725,7 @@ srv_engine *engine_start(const srv_config *cfg, ds4_model *m, const ds4_tokenize
     e->masked = malloc(e->vocab * sizeof *e->masked);
     e->eos = ds4_tokenizer_eos(tok);
     e->assistant_tok = ds4_tokenizer_find(tok, ASSISTANT_TOK, strlen(ASSISTANT_TOK));
+    e->user_tok = ds4_tokenizer_find(tok, USER_TOK, strlen(USER_TOK));
     if (cfg->rewind) {
         const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
         size_t n = strlen(dir) + 64;

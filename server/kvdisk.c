@@ -5,7 +5,8 @@
  *   KEY.ds4s  the session (ds4_session_save: its own checksum, model
  *             fingerprint, written to a temporary name and renamed);
  *   KEY.meta  "DS4M", u32 version, u64 model id, u32 tokens, u32 hits,
- *             u64 created, u64 last used (unix s), u8 reason, 3 bytes 0,
+ *             u64 created, u64 last used (unix s), u8 reason (0 unknown, 1 cold,
+ *             2 continued, 3 evict, 4 shutdown, 5 system), 3 bytes 0,
  *             u32 text length, the text, u64 FNV-1a of everything before;
  *             written second (temporary name + fsync + rename), so a meta
  *             file means a complete entry.
@@ -16,9 +17,9 @@
  *
  * Eviction: when the files exceed the budget, entries go in order of
  * tokens x (1 + hits) x 0.5^(hours since last use / 6) (short, cold, old
- * first), divided by 16 for an entry that is a prefix of a longer entry (the
- * longer one serves the same conversation), never the entry the current
- * request looked up nor the one just written.
+ * first), divided by 16 for an entry superseded by a longer one (see
+ * superseded()), never the entry the current request looked up nor the one
+ * just written.
  *
  * The tool memory is persisted beside the entries in toolmem.log (appended
  * records: "TMR1", u32 n_ids, u32 text length, u8 thinking, ids as u32
@@ -62,7 +63,8 @@ struct srv_kvdisk {
     FILE *toollog;
 };
 
-static const char *REASONS[] = {"unknown", "cold", "continued", "evict", "shutdown"};
+static const char *REASONS[] = {"unknown", "cold", "continued", "evict", "shutdown", "system"};
+#define N_REASONS 6
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n) {
     const uint8_t *b = p;
@@ -180,7 +182,7 @@ static bool read_meta(srv_kvdisk *kv, const char *path, kv_entry *en, const char
         en->hits = hits;
         en->created = created;
         en->last_used = last;
-        en->reason = b[40] < 5 ? b[40] : 0;
+        en->reason = b[40] < N_REASONS ? b[40] : 0;
         en->text_len = text_len;
         en->text = malloc(text_len + 1);
         memcpy(en->text, b + head, text_len);
@@ -421,13 +423,18 @@ void kvdisk_reject(srv_kvdisk *kv, const char *path, const char *why) {
     pthread_mutex_unlock(&kv->mu);
 }
 
-/* An entry whose text is a prefix of a longer entry's: every prompt that
- * would use it uses the longer one, except one that leaves the conversation
- * in between. */
+/* An entry whose text is a prefix of a longer entry's that was made after
+ * the shorter one was last used: every prompt that would use it now uses the
+ * longer one, except one that leaves the conversation in between. (A shorter
+ * entry used since, e.g. a system prompt that other conversations share, was
+ * chosen by prompts that do not continue the longer one: it is not.) */
 static bool superseded(const srv_kvdisk *kv, const kv_entry *en) {
+    if (en->reason == 5) return false; /* a system block serves every conversation of its agent */
     for (size_t i = 0; i < kv->n; i++) {
         const kv_entry *o = &kv->e[i];
-        if (o != en && o->text_len > en->text_len && !memcmp(o->text, en->text, en->text_len)) return true;
+        if (o != en && o->text_len > en->text_len && o->created >= en->last_used &&
+            !memcmp(o->text, en->text, en->text_len))
+            return true;
     }
     return false;
 }
@@ -463,7 +470,7 @@ bool kvdisk_save(srv_kvdisk *kv, ds4_session *s, const char *text, size_t len, c
     if (n < kv->min_tokens || !text) return false;
     uint64_t key = fnv(FNV0, text, len);
     uint8_t r = 0;
-    for (uint8_t i = 0; i < 5; i++)
+    for (uint8_t i = 0; i < N_REASONS; i++)
         if (!strcmp(REASONS[i], reason)) r = i;
     pthread_mutex_lock(&kv->mu);
     ssize_t i = find_key(kv, key);

@@ -11,9 +11,10 @@ The agent replay needs a server started with --test-force (the tool calls are
 forced, see docs/SERVER.md) and --kv-disk-dir. It plays two agents, A and B,
 each a coding-agent-like loop (a long system prompt with tools, user task,
 then tool call -> tool result turns, growing tool outputs), interleaved A A A
-B B A B A ... so that conversations switch, plus one server restart halfway
-when --restart-cmd is given (a shell command that restarts the server and
-prints nothing). It reports, per request, the prompt length and how much came
+B B A B A ... so that conversations switch; after every 10th turn a new
+conversation with A's system prompt and a new task runs for two turns (a
+sub-agent); one server restart halfway when --restart-cmd is given (a shell
+command that restarts the server and prints nothing). It reports, per request, the prompt length and how much came
 from the cache (live session, rewind checkpoint or disk), and the totals.
 """
 import argparse
@@ -121,10 +122,10 @@ def tool_turn(name, args, reasoning):
 
 
 class Agent:
-    def __init__(self, name, seed):
+    def __init__(self, name, seed, sys_name=None):
         self.name = name
         self.r = random.Random(seed)
-        sysp = (f"You are coding agent {name}. Follow the repository conventions. " * 40 +
+        sysp = (f"You are coding agent {sys_name or name}. Follow the repository conventions. " * 40 +
                 "Use the tools to inspect and change files.")
         self.msgs = [{"role": "system", "content": sysp},
                      {"role": "user", "content": f"Agent {name}: fix the failing test in module {seed}."}]
@@ -163,8 +164,16 @@ def cmd_agent(a):
         if r.random() < 0.25:
             cur = 1 - cur
         order.append(cur)
+    # every 10th turn a fresh conversation of agent A's kind (same system
+    # prompt and tools, a new task) runs for two turns, like a sub-agent
+    sub = []
+    for i in range(len(order)):
+        if i % 10 == 9:
+            agents.append(Agent(f"A{len(agents)}", 100 + i, sys_name="A"))
+            sub.append((i, len(agents) - 1))
+    for pos, k in reversed(sub):
+        order[pos + 1:pos + 1] = [k, k]
     tot_prompt = tot_cached = 0
-    by_src = {}
     print("turn agent prompt cached")
     for i, k in enumerate(order):
         if a.restart_cmd and i == len(order) // 2:
@@ -192,7 +201,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=8000)
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--turns", type=int, default=30)
+    ap.add_argument("--turns", type=int, default=40)
     ap.add_argument("--restart-cmd")
     a = ap.parse_args()
     {"ttft": cmd_ttft, "rps": cmd_rps, "agent": cmd_agent}[a.what](a)
