@@ -134,6 +134,10 @@ cuda-check:
 	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory $(CUDA_OBJ) > /dev/null && echo "cuda-check: the CUDA backend compiles ($(CUDA_ARCH))"; \
 	else echo "cuda-check: no nvcc, CUDA compile check skipped"; fi
 
+# `make cuda-server`: ./ds4-server with the CUDA backend linked in (docs/SERVER.md).
+cuda-server: $(SERVER_OBJ) $(LIB) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(SERVER_OBJ) $(CUDA_OBJ) $(LIB) -o ds4-server $(CUDA_LIBS) -lmicrohttpd -lcjson $(LDLIBS)
+
 FUZZ_CC ?= clang
 fuzz: $(BUILD)/fuzz/fuzz_gguf
 $(BUILD)/fuzz/fuzz_gguf: fuzz/fuzz_gguf.c $(LIB_SRC)
@@ -143,5 +147,5 @@ $(BUILD)/fuzz/fuzz_gguf: fuzz/fuzz_gguf.c $(LIB_SRC)
 clean:
 	rm -rf $(BUILD) $(PROGRAMS) ds4-bench
 
-.PHONY: all test bench fuzz clean demo deps cuda cuda-test cuda-check
+.PHONY: all test bench fuzz clean demo deps cuda cuda-test cuda-check cuda-server
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -425,6 +425,7 @@ static void generate(srv_engine *e, srv_job *j) {
     ds4_utf8_stream_init(&g.u8[0], true);
     ds4_utf8_stream_init(&g.u8[1], true);
     ds4_dsml_parser *parser = ds4_dsml_parser_new(thinking, on_dsml, &g);
+    ds4_dsml_parser_feed(parser, "", 0); /* gives it a buffer: finish() on a never-fed parser memmoves NULL */
     ds4_sampler_params sp = rq->sp;
     if (!rq->seed_set) {
         char hex[24];
@@ -721,6 +722,9 @@ srv_engine *engine_start(const srv_config *cfg, ds4_model *m, const ds4_tokenize
         return NULL;
     }
     e->vocab = ds4_model_vocab_size(m);
+    char mem[256];
+    ds4_model_describe(m, e->s, mem, sizeof mem);
+    srv_log("%s", mem);
     e->live_offs = calloc((size_t)cfg->ctx + 1, sizeof *e->live_offs);
     e->masked = malloc(e->vocab * sizeof *e->masked);
     e->eos = ds4_tokenizer_eos(tok);

@@ -27,6 +27,8 @@ static void usage(FILE *fp) {
             "  -n, --max-tokens N        cap on generated tokens per request (default: the context)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
             "  --exact                   full-precision numerics (no FP8/FP4 simulation)\n"
+            "  --backend cpu|cuda        where the forward pass runs (default: $DS4_BACKEND, else CUDA when\n"
+            "                            built in (make cuda-server) and a GPU is present)\n"
             "  --model-id NAME           model name in /v1/models (default deepseek-v4-flash)\n"
             "  --api-key KEY             require KEY (Authorization: Bearer KEY or x-api-key); also DS4_API_KEY\n"
             "  --cors                    send CORS headers allowing any origin\n"
@@ -62,6 +64,7 @@ int main(int argc, char **argv) {
         .kv_min_tokens = 512, .kv_interval_tokens = 10000, .tool_memory_max = 100000, .rewind = true,
     };
     bool exact = false;
+    const char *backend = NULL;
     uint64_t max_tokens = 0;
     cfg.api_key = getenv("DS4_API_KEY");
     if (cfg.api_key && !cfg.api_key[0]) cfg.api_key = NULL;
@@ -78,6 +81,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) { NUM(1, 1u << 30); max_tokens = u; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { NUM(0, 4096); cfg.threads = (int)u; }
         else if (!strcmp(a, "--exact")) exact = true;
+        else if (!strcmp(a, "--backend")) backend = STR();
         else if (!strcmp(a, "--model-id")) cfg.model_id = STR();
         else if (!strcmp(a, "--api-key")) cfg.api_key = STR();
         else if (!strcmp(a, "--cors")) cfg.cors = "*";
@@ -131,7 +135,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     double t0 = now_s();
-    ds4_model *m = ds4_model_load(cfg.model_path, &(ds4_model_params){.n_threads = cfg.threads, .exact = exact}, err,
+    ds4_model *m = ds4_model_load(cfg.model_path, &(ds4_model_params){.n_threads = cfg.threads, .exact = exact, .backend = backend}, err,
                                   sizeof err);
     if (!m) {
         fprintf(stderr, "ds4-server: %s\n", err);
@@ -142,8 +146,8 @@ int main(int argc, char **argv) {
                 ds4_tokenizer_n_vocab(tok));
         return 1;
     }
-    srv_log("model %s: %u layers, vocab %u, loaded in %.2fs; context %u tokens", cfg.model_path,
-            ds4_model_layer_count(m), ds4_model_vocab_size(m), now_s() - t0, cfg.ctx);
+    srv_log("model %s: %u layers, vocab %u, loaded in %.2fs on %s; context %u tokens", cfg.model_path,
+            ds4_model_layer_count(m), ds4_model_vocab_size(m), now_s() - t0, ds4_model_backend(m), cfg.ctx);
     if (cfg.trace_path) trace_open(cfg.trace_path);
     srv_toolmem *tm = toolmem_new(cfg.tool_memory_max);
     srv_kvdisk *kv = NULL;
