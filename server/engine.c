@@ -29,7 +29,8 @@
  * Generation: the request's sampler, except inside DSML tool-call syntax
  * (tags, parameter headers) where the token is argmax; string and JSON
  * parameter values use the request's settings. The output goes through the
- * DSML parser into events; a closed tool-call block ends the turn (finish
+ * DSML parser into events; a call's arguments stream parameter by parameter
+ * (toolargs.c); a closed tool-call block ends the turn (finish
  * "tool_calls"), and the exact generated text is remembered under the call
  * ids (toolmem.c). Stop strings are matched on the answer text (after the
  * reasoning); the text before the match is returned.
@@ -337,7 +338,27 @@ typedef struct {
     char **ids;            /* tool call ids, by index */
     int n_ids;
     const char *id_prefix;
+    int cur;               /* call whose invoke is open (-1: none) */
+    sbuf streamed;         /* its arguments sent so far (raw bytes) */
+    sbuf prefix;           /* scratch */
 } gen_ctx;
+
+static const char *memfind(const char *s, size_t n, const char *m, size_t ml) {
+    if (ml == 0 || n < ml) return NULL;
+    for (const char *q = s; (q = memchr(q, m[0], (size_t)(s + n - q))) != NULL; q++) {
+        if ((size_t)(s + n - q) < ml) return NULL;
+        if (!memcmp(q, m, ml)) return q;
+    }
+    return NULL;
+}
+
+static const char *memfind_last(const char *s, size_t n, const char *m) {
+    size_t ml = strlen(m);
+    if (n < ml) return NULL;
+    for (size_t i = n - ml + 1; i-- > 0;)
+        if (s[i] == m[0] && !memcmp(s + i, m, ml)) return s + i;
+    return NULL;
+}
 
 static void on_dsml(void *ud, const ds4_dsml_event *ev) {
     gen_ctx *g = ud;
@@ -364,13 +385,44 @@ static void on_dsml(void *ud, const ds4_dsml_event *ev) {
     }
     char *name = utf8_sanitize(ev->name, ev->name_len, NULL);
     if (ev->kind == DS4_DSML_TOOL_CALL_BEGIN) {
+        g->cur = ev->index;
+        g->streamed.n = 0;
         job_push(g->j, (srv_event){.kind = EV_TOOL_BEGIN, .index = ev->index, .id = strdup(g->ids[ev->index]),
                                    .name = name});
     } else {
+        /* the fragment that turns what was streamed into the final text; after
+         * a repeated key the streamed object only needs closing */
+        const char *rest = ev->arguments;
+        size_t rn = ev->arguments_len;
+        if (g->cur == ev->index && g->streamed.n) {
+            bool prefix = g->streamed.n <= rn && !memcmp(ev->arguments, g->streamed.p, g->streamed.n);
+            rest = prefix ? ev->arguments + g->streamed.n : "}";
+            rn = prefix ? rn - g->streamed.n : 1;
+        }
         char *args = utf8_sanitize(ev->arguments, ev->arguments_len, NULL);
+        size_t tl;
+        char *tail = utf8_sanitize(rest, rn, &tl);
         job_push(g->j, (srv_event){.kind = EV_TOOL_CALL, .index = ev->index, .id = strdup(g->ids[ev->index]),
-                                   .name = name, .args = args});
+                                   .name = name, .args = args, .text = tail, .len = tl});
+        g->cur = -1;
+        g->streamed.n = 0;
     }
+}
+
+/* After a feed: send the arguments of the open invoke's completed parameters
+ * that were not sent yet. raw[0..fed) is what the parser has seen. */
+static void stream_args(gen_ctx *g, const char *raw, size_t fed, size_t from) {
+    if (g->cur < 0) return;
+    const char *inv = memfind_last(raw + from, fed - from, "<" DSML "invoke");
+    if (!inv) return;
+    dsml_args_prefix(inv, (size_t)(raw + fed - inv), &g->prefix);
+    if (g->prefix.n <= g->streamed.n || memcmp(g->prefix.p, g->streamed.p ? g->streamed.p : "", g->streamed.n)) return;
+    size_t fl;
+    char *frag = utf8_sanitize(g->prefix.p + g->streamed.n, g->prefix.n - g->streamed.n, &fl);
+    job_push(g->j, (srv_event){.kind = EV_TOOL_ARGS, .index = g->cur, .id = strdup(g->ids[g->cur]), .text = frag,
+                               .len = fl});
+    g->streamed.n = 0;
+    sb_put(&g->streamed, g->prefix.p, g->prefix.n);
 }
 
 static void flush_u8(gen_ctx *g) {
@@ -384,23 +436,6 @@ static void flush_u8(gen_ctx *g) {
         out[n] = 0;
         job_push(g->j, (srv_event){.kind = ch ? EV_CONTENT : EV_REASONING, .text = out, .len = n});
     }
-}
-
-static const char *memfind(const char *s, size_t n, const char *m, size_t ml) {
-    if (ml == 0 || n < ml) return NULL;
-    for (const char *q = s; (q = memchr(q, m[0], (size_t)(s + n - q))) != NULL; q++) {
-        if ((size_t)(s + n - q) < ml) return NULL;
-        if (!memcmp(q, m, ml)) return q;
-    }
-    return NULL;
-}
-
-static const char *memfind_last(const char *s, size_t n, const char *m) {
-    size_t ml = strlen(m);
-    if (n < ml) return NULL;
-    for (size_t i = n - ml + 1; i-- > 0;)
-        if (s[i] == m[0] && !memcmp(s + i, m, ml)) return s + i;
-    return NULL;
 }
 
 /* Inside DSML syntax (not inside a parameter value) of an open tool block? */
@@ -421,7 +456,7 @@ static void generate(srv_engine *e, srv_job *j) {
     srv_request *rq = j->req;
     /* a continued assistant turn is past its reasoning: output is content */
     const bool thinking = j->prompt.thinking && !j->prompt.continues, tools = rq->tools_json != NULL;
-    gen_ctx g = {.e = e, .j = j, .id_prefix = rq->api == API_MESSAGES ? "toolu_" : "call_"};
+    gen_ctx g = {.e = e, .j = j, .id_prefix = rq->api == API_MESSAGES ? "toolu_" : "call_", .cur = -1};
     ds4_utf8_stream_init(&g.u8[0], true);
     ds4_utf8_stream_init(&g.u8[1], true);
     ds4_dsml_parser *parser = ds4_dsml_parser_new(thinking, on_dsml, &g);
@@ -500,6 +535,7 @@ static void generate(srv_engine *e, srv_job *j) {
         if (safe > fed) {
             ds4_dsml_parser_feed(parser, raw.p + fed, safe - fed);
             fed = safe;
+            stream_args(&g, raw.p, fed, think_end != (size_t)-1 ? think_end : 0);
         }
         dsml_from = think_end != (size_t)-1 ? think_end : 0;
         bool closed = tools && memfind(raw.p + dsml_from, raw.n - dsml_from, M_BLOCK_CLOSE, sizeof M_BLOCK_CLOSE - 1);
@@ -535,6 +571,8 @@ static void generate(srv_engine *e, srv_job *j) {
     trace_write(j->id, "generated", raw.p ? raw.p : "", raw.n);
     for (int i = 0; i < g.n_ids; i++) free(g.ids[i]);
     free(g.ids);
+    sb_free(&g.streamed);
+    sb_free(&g.prefix);
     sb_free(&raw);
     ds4_tokens_free(&force);
     ds4_sampler_free(sampler);

@@ -4,7 +4,8 @@
  *                     {"role":"assistant"}, reasoning as
  *                     delta.reasoning_content, text as delta.content, tool
  *                     calls as delta.tool_calls (id, type and name when the
- *                     invoke header is read, then the arguments), a last
+ *                     invoke header is read, then the arguments parameter by
+ *                     parameter), a last
  *                     chunk with finish_reason, an optional usage chunk
  *                     (stream_options.include_usage), then "data: [DONE]"
  *   completions       text_completion objects, text = the answer
@@ -116,12 +117,14 @@ static item_t *accumulate(srv_fmt *f, const srv_event *ev, bool *opened) {
         return it;
     }
     case EV_TOOL_BEGIN:
+    case EV_TOOL_ARGS:
     case EV_TOOL_CALL:
         it = find_call(f, ev->id);
         if (!it) {
             it = item_add(f, IT_CALL);
             snprintf(it->call_id, sizeof it->call_id, "%s", ev->id);
             it->name = strdup(ev->name ? ev->name : "");
+            if (ev->kind == EV_TOOL_ARGS) it->name[0] = 0;
             f->open = f->n_items - 1;
             *opened = true;
         }
@@ -260,9 +263,15 @@ static void chat_event(srv_fmt *f, const srv_event *ev, item_t *it, bool opened,
             cJSON_AddStringToObject(fn, "name", it->name);
             cJSON_AddStringToObject(fn, "arguments", "");
         }
-        if (ev->kind == EV_TOOL_CALL) {
+        if (ev->kind != EV_TOOL_BEGIN) { /* the next fragment (EV_TOOL_CALL: the last one) */
+            if (!opened && !ev->len) {
+                cJSON_Delete(fn);
+                cJSON_Delete(c);
+                cJSON_Delete(d);
+                return;
+            }
             cJSON_DeleteItemFromObject(fn, "arguments");
-            cJSON_AddStringToObject(fn, "arguments", ev->args ? ev->args : "{}");
+            cJSON_AddStringToObject(fn, "arguments", ev->text ? ev->text : "");
         }
         cJSON_AddItemToObject(c, "function", fn);
         cJSON_AddItemToArray(calls, c);
@@ -484,11 +493,17 @@ static void resp_event(srv_fmt *f, const srv_event *ev, sbuf *out) {
         jadd_strn(o, "delta", ev->text, ev->len);
         cJSON_AddArrayToObject(o, "logprobs");
         resp_ev(f, out, "response.output_text.delta", o);
-    } else if (ev->kind == EV_TOOL_CALL) {
-        cJSON_AddStringToObject(o, "delta", ev->args ? ev->args : "{}");
-        resp_ev(f, out, "response.function_call_arguments.delta", o);
-        resp_close_item(f, idx, out);
-        f->open = -1;
+    } else if (ev->kind == EV_TOOL_ARGS || ev->kind == EV_TOOL_CALL) {
+        if (ev->len) {
+            cJSON_AddStringToObject(o, "delta", ev->text);
+            resp_ev(f, out, "response.function_call_arguments.delta", o);
+        } else {
+            cJSON_Delete(o);
+        }
+        if (ev->kind == EV_TOOL_CALL) {
+            resp_close_item(f, idx, out);
+            f->open = -1;
+        }
     } else {
         cJSON_Delete(o);
     }
@@ -563,14 +578,14 @@ static void anth_event(srv_fmt *f, const srv_event *ev, sbuf *out) {
     } else if (ev->kind == EV_CONTENT) {
         cJSON_AddStringToObject(d, "type", "text_delta");
         jadd_strn(d, "text", ev->text, ev->len);
-    } else if (ev->kind == EV_TOOL_CALL) {
+    } else if ((ev->kind == EV_TOOL_ARGS || ev->kind == EV_TOOL_CALL) && ev->len) {
         cJSON_AddStringToObject(d, "type", "input_json_delta");
-        cJSON_AddStringToObject(d, "partial_json", ev->args ? ev->args : "{}");
+        cJSON_AddStringToObject(d, "partial_json", ev->text);
     } else {
         cJSON_Delete(o);
-        return;
+        o = NULL;
     }
-    anth_ev(out, "content_block_delta", o);
+    if (o) anth_ev(out, "content_block_delta", o);
     if (ev->kind == EV_TOOL_CALL) {
         anth_close_block(f, idx, out);
         f->open = -1;

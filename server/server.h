@@ -123,7 +123,9 @@ typedef enum {
     EV_REASONING,  /* text */
     EV_CONTENT,    /* text */
     EV_TOOL_BEGIN, /* index, id, name */
-    EV_TOOL_CALL,  /* index, id, name, args (JSON object text) */
+    EV_TOOL_ARGS,  /* index, id, text: the next fragment of the arguments */
+    EV_TOOL_CALL,  /* index, id, name, args (the final JSON object text),
+                    * text: the fragment that completes what EV_TOOL_ARGS sent */
     EV_DONE,
 } srv_ev_kind;
 
@@ -232,6 +234,11 @@ char *fmt_count_tokens_json(uint32_t n);
  * and a message. */
 bool srv_parse_request(srv_api api, const char *body, size_t len, const srv_config *cfg, srv_request *r,
                        int *status, char *err, size_t errlen);
+
+/* ---- tool-call arguments while they stream (toolargs.c) ---- */
+/* s[0..n): an invoke from "<｜DSML｜invoke" on. Writes the JSON prefix of its
+ * complete parameters ("{" "k": v, ...) to out; returns how many. */
+int dsml_args_prefix(const char *s, size_t n, sbuf *out);
 
 /* ---- trace ---- */
 void trace_open(const char *path);

@@ -225,6 +225,20 @@ static void test_toolmem_bounded(void **state) {
     toolmem_free(tm);
 }
 
+static void test_args_prefix(void **state) {
+    (void)state;
+    sbuf b = {0};
+    const char *inv = "<" DSML "invoke name=\"f\">\n<" DSML "parameter name=\"a\" string=\"true\">x\"y</" DSML
+                      "parameter>\n<" DSML "parameter name=\"n\" string=\"false\">[1, 2]</" DSML "parameter>\n<" DSML
+                      "parameter name=\"bad\" string=\"false\">not json</" DSML "parameter>\n<" DSML
+                      "parameter name=\"open\" string=\"true\">still writ";
+    assert_int_equal(dsml_args_prefix(inv, strlen(inv), &b), 3);
+    assert_string_equal(b.p, "{\"a\": \"x\\\"y\", \"n\": [1, 2], \"bad\": \"not json\"");
+    assert_int_equal(dsml_args_prefix(inv, 10, &b), 0); /* header not complete */
+    assert_int_equal(b.n, 0);
+    sb_free(&b);
+}
+
 /* ---- with a model ---- */
 
 static const char *model_path(void) { return getenv("DS4_SERVER_TEST_MODEL"); }
@@ -447,7 +461,8 @@ int main(void) {
         cmocka_unit_test(test_chat_messages),   cmocka_unit_test(test_thinking_controls),
         cmocka_unit_test(test_responses_items), cmocka_unit_test(test_anthropic_blocks),
         cmocka_unit_test(test_bad_requests),    cmocka_unit_test(test_error_shapes),
-        cmocka_unit_test(test_toolmem_bounded), cmocka_unit_test(test_render_replay),
+        cmocka_unit_test(test_toolmem_bounded), cmocka_unit_test(test_args_prefix),
+        cmocka_unit_test(test_render_replay),
         cmocka_unit_test(test_render_response_format),
         cmocka_unit_test(test_kvdisk),
     };

@@ -183,6 +183,29 @@ def test_chat_tool_stream(t):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
+def test_tool_arguments_stream_by_parameter(t):
+    force = tool_call_text("get_weather", {"city": "Lima", "days": 4, "units": "metric"})
+    chunks = list(t.oa.chat.completions.create(model="x", messages=[{"role": "user", "content": "w"}], tools=[WEATHER_TOOL],
+                                               stream=True, max_tokens=300, extra_body={"ds4_force": force}))
+    frags = [tc.function.arguments for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])
+             if tc.function and tc.function.arguments]
+    assert len(frags) >= 3, frags  # one per parameter (the last one with the closing brace)
+    assert json.loads("".join(frags)) == {"city": "Lima", "days": 4, "units": "metric"}, frags
+    # a repeated key: the concatenation reads as the parser's final object (last value wins)
+    dup = (f"Hmm.</think>\n\n<{DSML}tool_calls>\n<{DSML}invoke name=\"get_weather\">\n"
+           f"<{DSML}parameter name=\"city\" string=\"true\">A</{DSML}parameter>\n"
+           f"<{DSML}parameter name=\"days\" string=\"false\">2</{DSML}parameter>\n"
+           f"<{DSML}parameter name=\"city\" string=\"true\">B</{DSML}parameter>\n</{DSML}invoke>\n</{DSML}tool_calls>")
+    msgs = [{"role": "user", "content": "w"}]
+    with t.an.messages.stream(model="c", max_tokens=300, tools=[ANTH_TOOL], messages=msgs,
+                              extra_body={"ds4_force": dup}) as st:
+        m = st.get_final_message()
+    assert [b for b in m.content if b.type == "tool_use"][0].input == {"city": "B", "days": 2}, m.content
+    r = t.oa.chat.completions.create(model="x", messages=msgs, tools=[WEATHER_TOOL], max_tokens=300,
+                                     extra_body={"ds4_force": dup})
+    assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"city": "B", "days": 2}
+
+
 def test_tool_call_inside_unclosed_reasoning(t):
     # the model opens a tool block without closing </think>: the call is still
     # parsed, and the closed block ends the turn (nothing after it is sampled)
@@ -542,7 +565,7 @@ def test_no_cors_by_default(t):
 
 
 MAIN = [test_models_health, test_no_cors_by_default, test_chat_basic, test_chat_forced_text_nothink, test_chat_thinking_split, test_chat_stream,
-        test_chat_stop_string, test_chat_tool_round_trip, test_chat_tool_stream, test_tool_call_inside_unclosed_reasoning, test_completions,
+        test_chat_stop_string, test_chat_tool_round_trip, test_chat_tool_stream, test_tool_arguments_stream_by_parameter, test_tool_call_inside_unclosed_reasoning, test_completions,
         test_responses_basic, test_responses_incomplete, test_responses_stream_and_tools,
         test_responses_previous_id_rejected, test_messages_basic, test_messages_thinking_disabled,
         test_messages_max_tokens_and_stop, test_messages_stream_tool_round_trip, test_messages_prefill_continues, test_messages_count_tokens,
