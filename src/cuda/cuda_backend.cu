@@ -708,7 +708,50 @@ static void join_side(fwd *F, int i) {
 /* per-step times of the last profiled decode step */
 static std::vector<std::pair<const char *, double>> g_prof;
 
+/* DS4_CUDA_STEPTIME=1: host wall time per named forward step of prefill
+ * chunks (device synchronised after each step, both streams), printed at
+ * exit; a coarse profile of prefill (decode: ds4-bench --profile). */
+static int g_steptime = -1;
+static bool g_steptime_chunk = false;
+static double g_step_t0 = 0;
+static std::vector<std::pair<const char *, double>> g_steps;
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+static void steptime_report(void) {
+    double tot = 0;
+    for (auto &p : g_steps) tot += p.second;
+    std::vector<std::pair<const char *, double>> v = g_steps;
+    for (size_t i = 0; i < v.size(); i++)
+        for (size_t j = i + 1; j < v.size(); j++)
+            if (v[j].second > v[i].second) std::swap(v[i], v[j]);
+    fprintf(stderr, "ds4 cuda prefill step times (DS4_CUDA_STEPTIME), total %.3f s:\n", tot);
+    for (auto &p : v) fprintf(stderr, "  %-32s %8.3f s  %5.1f%%\n", p.first, p.second, tot > 0 ? 100 * p.second / tot : 0);
+}
+static bool steptime_on(void) {
+    if (g_steptime < 0) {
+        const char *e = getenv("DS4_CUDA_STEPTIME");
+        g_steptime = e && *e == '1';
+        if (g_steptime) atexit(steptime_report);
+    }
+    return g_steptime == 1;
+}
+static void steptime_mark(const char *what) {
+    cudaDeviceSynchronize();
+    const double t = now_s();
+    if (what) {
+        size_t i = 0;
+        while (i < g_steps.size() && strcmp(g_steps[i].first, what)) i++;
+        if (i == g_steps.size()) g_steps.push_back({what, 0.0});
+        g_steps[i].second += t - g_step_t0;
+    }
+    g_step_t0 = t;
+}
+
 static void kcheck(fwd *f, const char *what) {
+    if (g_steptime_chunk) steptime_mark(what);
     if (f->marks) {
         prof_mark pm = {what, NULL};
         cudaEventCreate(&pm.ev);
@@ -879,6 +922,7 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     kcheck(F, "hc pre (ffn)");
     mv_job jb[4];
     jb[0] = job(L->router, av_of(cs->f), cs->rl, X);
+    jb[0].exact = 1;
     jb[1] = job(L->gate_sh, av_of(cs->f), cs->sg, FF);
     jb[2] = job(L->up_sh, av_of(cs->f), cs->su, FF);
     cu_matvec(sm, jb, 3, T);
@@ -916,10 +960,10 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_matvec(sm, &d, 1, 1);
     } else {
         cu_moe_sort(sm, cs->ids, T * K, X, cs->cnt, cs->off, cs->list);
-        cu_moe_mm(sm, L->gate_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->g, FF);
-        cu_moe_mm(sm, L->up_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->u, FF);
+        cu_moe_mm(sm, L->gate_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->g, FF, T);
+        cu_moe_mm(sm, L->up_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->u, FF, T);
         cu_swiglu(sm, cs->g, cs->u, cs->wts, T * K, FF, clamp, cs->h);
-        cu_moe_mm(sm, L->down_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->h), 1, cs->ye, E);
+        cu_moe_mm(sm, L->down_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->h), 1, cs->ye, E, T);
     }
     kcheck(F, "experts down");
     join_side(F, 1);
@@ -1014,7 +1058,10 @@ static bool cu_forward(ds4_session *s, const int32_t *tokens, uint32_t T, float 
     } else if (T == 1) {
         decode_body(&F);
     } else {
+        g_steptime_chunk = steptime_on();
+        if (g_steptime_chunk) steptime_mark(NULL);
         run_layers(&F, T, NULL);
+        g_steptime_chunk = false;
     }
     if (T == 1) {
         CU_OK(cudaMemcpyAsync(cs->h_logits, cs->logits, (size_t)V * 4, cudaMemcpyDeviceToHost, sm), err, errlen, "logits");

@@ -238,15 +238,19 @@ typedef struct {
     act_view x;              /* T activation rows (per pair) */
     float *y;                /* y[t][r] at y + t*y_stride + r (r relative to row0) */
     uint32_t y_stride;
+    int exact;               /* keep the exact kernels at any T (the router: expert choices) */
 } mv_job;
 /* y = W x for T tokens, several independent products in one launch. */
 void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);
 /* Routed experts over pairs sorted by expert: for every expert e, rows
  * [0, w.n_out) of matrix e against the activations of its pairs
  * list[off[e] .. off[e]+cnt[e]); the activation row of pair p is p / x_div,
- * the output row p. */
+ * the output row p. T: the chunk's tokens (no expert has more pairs). */
 void cu_moe_mm(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,
-               const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride);
+               const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride, uint32_t T);
+/* Prefill products of T >= min_T tokens run on tensor cores (BF16 WMMA,
+ * quantized weights only); 0 turns that off. Default: DS4_CUDA_MMA_MIN or 16. */
+void cu_mma_set_min_T(uint32_t min_T);
 
 /* kernels_ops.cu */
 typedef struct {

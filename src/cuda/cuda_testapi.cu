@@ -87,6 +87,8 @@ struct scope : cu_alloc {
 
 } // namespace
 
+extern "C" void ds4_cuda_test_set_mma(unsigned min_T) { cu_mma_set_min_T(min_T); }
+
 extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint64_t n_rows, const float *x,
                                      int T, float *y, char *err, size_t errlen) {
     scope S(err, errlen);
@@ -122,7 +124,7 @@ extern "C" bool ds4_cuda_test_moe_mm(const ds4_weight *w, const int32_t *ids, ui
     float *dy = S.dev<float>((size_t)n_pairs * w->n_out);
     if (!S.ok) return false;
     cu_moe_sort(S.st, did, n_pairs, (uint32_t)w->n_mat, cnt, off, list);
-    cu_moe_mm(S.st, dw, (uint32_t)w->n_mat, cnt, off, list, av_of(a), x_div, dy, (uint32_t)w->n_out);
+    cu_moe_mm(S.st, dw, (uint32_t)w->n_mat, cnt, off, list, av_of(a), x_div, dy, (uint32_t)w->n_out, n_pairs);
     S.get(y, dy, (size_t)n_pairs * w->n_out);
     return S.ok;
 }

@@ -61,6 +61,8 @@ bool ds4_cuda_fake_fill(ds4_session *s, uint32_t n, uint64_t seed, char *err, si
 /* y[T][n_rows] = rows [row0, row0+n_rows) of matrix mat of w, times x[T][n_in] */
 bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint64_t n_rows, const float *x, int T,
                           float *y, char *err, size_t errlen);
+/* products of >= min_T tokens on tensor cores (BF16); 0: always the exact kernels */
+void ds4_cuda_test_set_mma(unsigned min_T);
 /* routed-expert products over sorted pairs: y[p] = W[ids[p]] x[p / x_div] */
 bool ds4_cuda_test_moe_mm(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x, uint32_t x_div,
                           float *y, char *err, size_t errlen);

@@ -162,6 +162,65 @@ static void test_moe_mm(void) {
     }
 }
 
+/* Tensor-core prefill products (BF16 weights and activations, f32 sums)
+ * against the CPU's Q8-activation products: normalised max error within
+ * 1e-2 (both sides carry ~8-bit activation rounding; a layout or indexing
+ * bug shows as O(1)). Tiles of 64 rows x 64 tokens (128 from T = 128 on):
+ * T = 16/70/130 and 150 rows cover partial tiles in both directions. */
+static void test_mma(void) {
+    static const struct {
+        ds4_dtype t;
+        uint32_t n_in;
+    } cases[] = {{DS4_TYPE_Q8_0, 512}, {DS4_TYPE_Q8_0, 4096}, {DS4_TYPE_Q2_K, 768}, {DS4_TYPE_Q4_K, 512},
+                 {DS4_TYPE_IQ2_XXS, 512}, {DS4_TYPE_IQ2_XXS, 2048}, {DS4_TYPE_F16, 4096}, {DS4_TYPE_BF16, 512}};
+    static const int Ts[] = {16, 70, 130};
+    char err[256], name[96];
+    ds4_cuda_test_set_mma(1);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        void *mem;
+        const uint32_t n_out = 150, n_mat = 2;
+        ds4_weight w = make_weight(cases[c].t, cases[c].n_in, n_out, n_mat, 1.0f, &mem);
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti];
+            const uint64_t mat = ti % n_mat, row0 = ti == 1 ? 7 : 0, nr = ti == 1 ? 131 : n_out;
+            float *x = falloc((size_t)T * w.n_in), *ref = falloc((size_t)T * nr), *got = falloc((size_t)T * nr);
+            fill(x, (size_t)T * w.n_in, 2.0f);
+            ds4_matmul_rows(pool, &w, mat, row0, nr, x, T, ref);
+            bool ok = ds4_cuda_test_matmul(&w, mat, row0, nr, x, T, got, err, sizeof err);
+            snprintf(name, sizeof name, "mma %s [%u x %u] mat %u T=%d", ds4_dtype_name(w.type), cases[c].n_in,
+                     (unsigned)nr, (unsigned)mat, T);
+            if (ok) compare(name, got, ref, (size_t)T * nr, 1e-2, 0, 0);
+            else report(name, INFINITY, 0, 0, 0, err);
+            free(x);
+            free(ref);
+            free(got);
+        }
+        free(mem);
+    }
+    /* routed experts: 150 pairs over 8 experts (one unused, one with 70) */
+    static const ds4_dtype types[] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_Q8_0};
+    for (size_t c = 0; c < 4; c++) {
+        void *mem;
+        const uint32_t n_in = 512, n_out = 80, X = 8, P = 150, xdiv = 3;
+        ds4_weight w = make_weight(types[c], n_in, n_out, X, 1.0f, &mem);
+        int32_t ids[150];
+        for (uint32_t p = 0; p < P; p++) ids[p] = p < 70 ? 2 : (int32_t)((p * 5 + p / 7) % 7);
+        const uint32_t nx = (P + xdiv - 1) / xdiv;
+        float *x = falloc((size_t)nx * n_in), *ref = falloc((size_t)P * n_out), *got = falloc((size_t)P * n_out);
+        fill(x, (size_t)nx * n_in, 2.0f);
+        for (uint32_t p = 0; p < P; p++) ds4_matmul(pool, &w, ids[p], x + (size_t)(p / xdiv) * n_in, 1, ref + (size_t)p * n_out);
+        bool ok = ds4_cuda_test_moe_mm(&w, ids, P, x, xdiv, got, err, sizeof err);
+        snprintf(name, sizeof name, "mma moe %s (%u pairs sorted by expert)", ds4_dtype_name(w.type), P);
+        if (ok) compare(name, got, ref, (size_t)P * n_out, 1e-2, 0, 0);
+        else report(name, INFINITY, 0, 0, 0, err);
+        free(x);
+        free(ref);
+        free(got);
+        free(mem);
+    }
+    ds4_cuda_test_set_mma(0);
+}
+
 static void test_hc(void) {
     char err[256], name[96];
     static const uint32_t Es[] = {256, 4096};
@@ -627,8 +686,10 @@ int main(void) {
     pool = ds4_pool_new(4);
     printf("CUDA kernels vs the CPU reference\n");
     test_quantize();
+    ds4_cuda_test_set_mma(0); /* the exact kernels first; test_mma turns the tensor-core path on */
     test_matmul();
     test_moe_mm();
+    test_mma();
     test_hc();
     test_head_hc();
     test_heads();
