@@ -251,6 +251,8 @@ void cu_moe_mm(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32
 /* Prefill products of T >= min_T tokens run on tensor cores (BF16 WMMA,
  * quantized weights only); 0 turns that off. Default: DS4_CUDA_MMA_MIN or 16. */
 void cu_mma_set_min_T(uint32_t min_T);
+/* tests: the token tile of the expert products (32 or 64; 0: chosen by size) */
+void cu_mma_set_moe_bn(uint32_t bn);
 
 /* kernels_ops.cu */
 typedef struct {

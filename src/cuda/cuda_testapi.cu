@@ -88,6 +88,7 @@ struct scope : cu_alloc {
 } // namespace
 
 extern "C" void ds4_cuda_test_set_mma(unsigned min_T) { cu_mma_set_min_T(min_T); }
+extern "C" void ds4_cuda_test_set_mma_moe_bn(unsigned bn) { cu_mma_set_moe_bn(bn); }
 
 extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint64_t n_rows, const float *x,
                                      int T, float *y, char *err, size_t errlen) {

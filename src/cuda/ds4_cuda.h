@@ -63,6 +63,8 @@ bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint
                           float *y, char *err, size_t errlen);
 /* products of >= min_T tokens on tensor cores (BF16); 0: always the exact kernels */
 void ds4_cuda_test_set_mma(unsigned min_T);
+/* the token tile of tensor-core expert products: 32, 64, or 0 (by size) */
+void ds4_cuda_test_set_mma_moe_bn(unsigned bn);
 /* routed-expert products over sorted pairs: y[p] = W[ids[p]] x[p / x_div] */
 bool ds4_cuda_test_moe_mm(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x, uint32_t x_div,
                           float *y, char *err, size_t errlen);

@@ -794,9 +794,11 @@ static __device__ __forceinline__ void mma_dequant64(const dweight &w, uint64_t 
  * dequantized tile serves twice the tokens); 8 warps = 4 row groups of 16 x
  * 2 token groups of BN/2. */
 template <int BN>
-__global__ void __launch_bounds__(256, BN == 64 ? 3 : 2) mma_kernel(const __grid_constant__ mma_args A) {
+__global__ void __launch_bounds__(256, BN == 32 ? 4 : BN == 64 ? 3 : 2) mma_kernel(const __grid_constant__ mma_args A) {
     using namespace nvcuda;
     constexpr int NF = BN / 32; /* accumulator fragments a warp */
+    constexpr int XT = BN < 64 ? BN : 64; /* activation rows a pass */
+    constexpr int TPT = 256 / XT, FPT = MMA_BK / TPT; /* threads a row, floats a thread */
     extern __shared__ __align__(128) unsigned char smem[];
     __nv_bfloat16 *Ws = (__nv_bfloat16 *)smem, *Xs = Ws + MMA_BM * MMA_LD;
     float *Cs = (float *)smem;
@@ -845,23 +847,20 @@ __global__ void __launch_bounds__(256, BN == 64 ? 3 : 2) mma_kernel(const __grid
         else
             for (int i = 0; i < 64; i += 4) put4(wd + i, 0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-        for (int pass = 0; pass < BN / 64; pass++) {
-            const uint32_t t = lr + 64 * pass;
-            __nv_bfloat16 *xd = Xs + t * MMA_LD + qd * 64;
+        for (int pass = 0; pass < BN / XT; pass++) {
+            const uint32_t t = tid / TPT + XT * pass, part = tid % TPT;
+            __nv_bfloat16 *xd = Xs + t * MMA_LD + part * FPT;
             if ((int)t < n) {
-                const float4 *xs4 = (const float4 *)(A.x.f + (size_t)s_xrow[t] * A.x.stride + A.x.off + qd * 64 +
+                const float4 *xs4 = (const float4 *)(A.x.f + (size_t)s_xrow[t] * A.x.stride + A.x.off + part * FPT +
                                                      (size_t)sb * MMA_BK);
-                float4 f[16];
+                float4 f[FPT / 4];
 #pragma unroll
-                for (int i = 0; i < 16; i++) f[i] = xs4[i];
+                for (int i = 0; i < FPT / 4; i++) f[i] = xs4[i];
 #pragma unroll
-                for (int i = 0; i < 16; i++) {
-                    *(__nv_bfloat162 *)(xd + 4 * i) = __floats2bfloat162_rn(f[i].x, f[i].y);
-                    *(__nv_bfloat162 *)(xd + 4 * i + 2) = __floats2bfloat162_rn(f[i].z, f[i].w);
-                }
+                for (int i = 0; i < FPT / 4; i++) put4(xd + 4 * i, f[i].x, f[i].y, f[i].z, f[i].w);
             } else {
 #pragma unroll
-                for (int i = 0; i < 8; i++) ((uint4 *)xd)[i] = make_uint4(0, 0, 0, 0);
+                for (int i = 0; i < FPT / 8; i++) ((uint4 *)xd)[i] = make_uint4(0, 0, 0, 0);
             }
         }
         __syncthreads();
@@ -891,16 +890,27 @@ __global__ void __launch_bounds__(256, BN == 64 ? 3 : 2) mma_kernel(const __grid
 
 #define MMA_SMEM_BN(bn) (((MMA_BM + (bn)) * MMA_LD * 2) > ((bn) * MMA_CLD * 4) ? ((MMA_BM + (bn)) * MMA_LD * 2) : ((bn) * MMA_CLD * 4))
 
+static uint32_t g_mma_moe_bn = 0; /* tests: force the expert tile (32 or 64); 0: by pairs per expert */
+void cu_mma_set_moe_bn(uint32_t bn) { g_mma_moe_bn = bn; }
+
 static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert) {
     static bool attr = false;
     if (!attr) {
+        cudaFuncSetAttribute(mma_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(32));
+        const char *e = getenv("DS4_CUDA_MMA_MOE_BN"); /* 32 / 64: the expert tile, for measurements */
+        if (e && *e && !g_mma_moe_bn) g_mma_moe_bn = (uint32_t)atoi(e);
         cudaFuncSetAttribute(mma_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(64));
         cudaFuncSetAttribute(mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(128));
         attr = true;
     }
     /* 128-token tiles only where the grid still fills the card (~2 blocks an SM) */
     const uint32_t tiles128 = ((n_rows + MMA_BM - 1) / MMA_BM) * ((T + 127) / 128);
-    if (!A.list && T >= 128 && tiles128 >= 264)
+    /* experts with few pairs each (T <= 4 x experts: ~24 pairs at top-6):
+     * 32-token tiles, 4 blocks an SM */
+    const bool moe32 = A.list && (g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert);
+    if (moe32)
+        mma_kernel<32><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 31) / 32, n_expert), 256, MMA_SMEM_BN(32), st>>>(A);
+    else if (!A.list && T >= 128 && tiles128 >= 264)
         mma_kernel<128><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 127) / 128, n_expert), 256, MMA_SMEM_BN(128), st>>>(A);
     else
         mma_kernel<64><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 63) / 64, n_expert), 256, MMA_SMEM_BN(64), st>>>(A);

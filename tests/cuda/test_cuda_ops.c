@@ -197,12 +197,14 @@ static void test_mma(void) {
         }
         free(mem);
     }
-    /* routed experts: 150 pairs over 8 experts (one unused, one with 70) */
+    /* routed experts: 150 pairs over 8 experts (one unused, one with 70),
+     * with 64- and 32-token tiles */
     static const ds4_dtype types[] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_Q8_0};
-    for (size_t c = 0; c < 4; c++) {
+    for (size_t c = 0; c < 8; c++) {
+        ds4_cuda_test_set_mma_moe_bn(c < 4 ? 64 : 32);
         void *mem;
         const uint32_t n_in = 512, n_out = 80, X = 8, P = 150, xdiv = 3;
-        ds4_weight w = make_weight(types[c], n_in, n_out, X, 1.0f, &mem);
+        ds4_weight w = make_weight(types[c % 4], n_in, n_out, X, 1.0f, &mem);
         int32_t ids[150];
         for (uint32_t p = 0; p < P; p++) ids[p] = p < 70 ? 2 : (int32_t)((p * 5 + p / 7) % 7);
         const uint32_t nx = (P + xdiv - 1) / xdiv;
@@ -210,7 +212,8 @@ static void test_mma(void) {
         fill(x, (size_t)nx * n_in, 2.0f);
         for (uint32_t p = 0; p < P; p++) ds4_matmul(pool, &w, ids[p], x + (size_t)(p / xdiv) * n_in, 1, ref + (size_t)p * n_out);
         bool ok = ds4_cuda_test_moe_mm(&w, ids, P, x, xdiv, got, err, sizeof err);
-        snprintf(name, sizeof name, "mma moe %s (%u pairs sorted by expert)", ds4_dtype_name(w.type), P);
+        snprintf(name, sizeof name, "mma moe %s (%u pairs by expert, tile %d)", ds4_dtype_name(w.type), P,
+                 c < 4 ? 64 : 32);
         if (ok) compare(name, got, ref, (size_t)P * n_out, 1e-2, 0, 0);
         else report(name, INFINITY, 0, 0, 0, err);
         free(x);
@@ -218,6 +221,7 @@ static void test_mma(void) {
         free(got);
         free(mem);
     }
+    ds4_cuda_test_set_mma_moe_bn(0);
     ds4_cuda_test_set_mma(0);
 }
 
