@@ -37,6 +37,10 @@ SPECIALS = ["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u25
             "<\uff5cAssistant\uff5c>", "<think>", "</think>", DSML, f"<{DSML}tool_calls>", f"</{DSML}invoke>"]
 PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",
          "/v1/models", "/health", "/v1/models/deepseek-v4-flash", "/chat/completions", "/messages"]
+FORCED = (f"r</think>\n\n<{DSML}tool_calls>\n<{DSML}invoke name=\"f\">\n"
+          f"<{DSML}parameter name=\"a\" string=\"true\">x</{DSML}parameter>\n"
+          f"<{DSML}parameter name=\"b\" string=\"false\">[1, {{\"c\": 2}}]</{DSML}parameter>\n"
+          f"</{DSML}invoke>\n</{DSML}tool_calls>")
 OK_STATUS = {200, 204, 400, 401, 404, 405, 413, 415, 503}
 # answers of the HTTP library itself to requests that are not valid HTTP (HTML bodies)
 PROTOCOL_STATUS = {400, 413, 431, 501, 505}
@@ -76,6 +80,15 @@ def seeds(max_tokens):
         ("/v1/messages", {"model": "c", "max_tokens": max_tokens, "stream": True,
                           "messages": [{"role": "user", "content": "hi"}]}),
         ("/v1/messages/count_tokens", {"model": "c", "messages": [{"role": "user", "content": "hi"}]}),
+        # forced DSML output (servers started with --test-force; others answer 400): mutations
+        # garble the tool-call syntax that the parser, the argument streamer and the tool memory see
+        ("/v1/chat/completions", {"model": "m", "max_tokens": 120, "stream": True, "tools": [tool],
+                                  "messages": [{"role": "user", "content": "w"}], "ds4_force": FORCED}),
+        ("/v1/messages", {"model": "c", "max_tokens": 120, "stream": True,
+                          "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                          "messages": [{"role": "user", "content": "w"}], "ds4_force": FORCED}),
+        ("/v1/responses", {"model": "m", "max_output_tokens": 120, "tools": [{"type": "function", "name": "f"}],
+                           "input": "w", "ds4_force": FORCED, "stream": True}),
     ]
 
 
@@ -337,11 +350,24 @@ class Fuzzer:
                 os.kill(self.a.pid, 0)
             except OSError:
                 return False
-        try:
-            st, _, _ = self.exchange(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True)
-            return st == 200
-        except OSError:
-            return False
+        # a plain request, without the random hang-ups of exchange(), retried
+        # so that one lost connection is not taken for a dead server
+        for _ in range(3):
+            try:
+                with socket.create_connection((self.host, self.port), timeout=self.a.timeout) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                if data.startswith(b"HTTP/1.1 200"):
+                    return True
+            except OSError:
+                pass
+            time.sleep(1)
+        return False
 
     def run(self):
         deadline = time.time() + self.a.seconds

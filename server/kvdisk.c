@@ -61,6 +61,7 @@ struct srv_kvdisk {
     uint64_t pinned; /* key of the last lookup's entry (0: none) */
     srv_kv_stats st;
     FILE *toollog;
+    pthread_mutex_t log_mu; /* the tool log's own lock: no file I/O under mu */
 };
 
 static const char *REASONS[] = {"unknown", "cold", "continued", "evict", "shutdown", "system"};
@@ -243,10 +244,10 @@ static void tool_persist(void *ud, const char *const *ids, size_t n_ids, const c
     sb_put(&b, text, len);
     uint64_t sum = fnv(FNV0, b.p, b.n);
     sb_put(&b, &sum, 8);
-    pthread_mutex_lock(&kv->mu);
+    pthread_mutex_lock(&kv->log_mu);
     if (fwrite(b.p, 1, b.n, kv->toollog) != b.n || fflush(kv->toollog) != 0)
         srv_log("kv cache: cannot append to the tool log: %s", strerror(errno));
-    pthread_mutex_unlock(&kv->mu);
+    pthread_mutex_unlock(&kv->log_mu);
     sb_free(&b);
 }
 
@@ -313,6 +314,7 @@ srv_kvdisk *kvdisk_open(const char *dir, uint64_t budget_bytes, uint32_t min_tok
     }
     srv_kvdisk *kv = calloc(1, sizeof *kv);
     pthread_mutex_init(&kv->mu, NULL);
+    pthread_mutex_init(&kv->log_mu, NULL);
     kv->dir = strdup(dir);
     kv->budget = budget_bytes;
     kv->min_tokens = min_tokens;
@@ -368,6 +370,7 @@ void kvdisk_close(srv_kvdisk *kv) {
     if (kv->toollog) fclose(kv->toollog);
     free(kv->dir);
     pthread_mutex_destroy(&kv->mu);
+    pthread_mutex_destroy(&kv->log_mu);
     free(kv);
 }
 
@@ -401,15 +404,20 @@ static uint64_t key_of_path(const char *path) {
 void kvdisk_touch(srv_kvdisk *kv, const char *path) {
     pthread_mutex_lock(&kv->mu);
     ssize_t i = find_key(kv, key_of_path(path));
+    kv_entry copy = {0};
     if (i >= 0) {
         kv_entry *en = &kv->e[i];
         en->hits++;
         en->last_used = (uint64_t)wall_s();
         kv->st.hits++;
         kv->st.hit_tokens += en->n_tokens;
-        write_meta(kv, en);
+        copy = *en;
+        copy.text = malloc(en->text_len + 1);
+        memcpy(copy.text, en->text, en->text_len + 1);
     }
     pthread_mutex_unlock(&kv->mu);
+    if (copy.text) write_meta(kv, &copy); /* file I/O outside the lock (/health reads the stats) */
+    free(copy.text);
 }
 
 void kvdisk_reject(srv_kvdisk *kv, const char *path, const char *why) {
@@ -418,9 +426,9 @@ void kvdisk_reject(srv_kvdisk *kv, const char *path, const char *why) {
     uint64_t key = key_of_path(path);
     ssize_t i = find_key(kv, key);
     if (i >= 0) drop_index(kv, (size_t)i);
-    remove_entry_files(kv, key);
     kv->st.rejected++;
     pthread_mutex_unlock(&kv->mu);
+    remove_entry_files(kv, key);
 }
 
 /* An entry whose text is a prefix of a longer entry's that was made after
@@ -445,7 +453,9 @@ static double score(const srv_kvdisk *kv, const kv_entry *en, uint64_t now) {
     return superseded(kv, en) ? s / 16.0 : s;
 }
 
-static void evict_to_budget(srv_kvdisk *kv, uint64_t keep) {
+/* Drops entries from the index until it fits the budget (kv->mu held); the
+ * keys whose files must go are appended to gone[]. */
+static void evict_to_budget(srv_kvdisk *kv, uint64_t keep, uint64_t **gone, size_t *n_gone) {
     uint64_t now = (uint64_t)wall_s();
     for (;;) {
         uint64_t total = 0;
@@ -459,7 +469,8 @@ static void evict_to_budget(srv_kvdisk *kv, uint64_t keep) {
         if (worst < 0) return;
         srv_log("kv cache: evicting %016llx (%u tokens, %u hits, %s)", (unsigned long long)kv->e[worst].key,
                 kv->e[worst].n_tokens, kv->e[worst].hits, REASONS[kv->e[worst].reason]);
-        remove_entry_files(kv, kv->e[worst].key);
+        *gone = realloc(*gone, (*n_gone + 1) * sizeof **gone);
+        (*gone)[(*n_gone)++] = kv->e[worst].key;
         drop_index(kv, (size_t)worst);
         kv->st.evictions++;
     }
@@ -488,27 +499,31 @@ bool kvdisk_save(srv_kvdisk *kv, ds4_session *s, const char *text, size_t len, c
     if (!ok) srv_log("kv cache: save failed: %s", err);
     kv_entry en = {.key = key, .text_len = len, .n_tokens = n, .reason = r};
     en.created = en.last_used = (uint64_t)wall_s();
-    pthread_mutex_lock(&kv->mu);
+    uint64_t *gone = NULL;
+    size_t n_gone = 0;
     if (ok) {
         en.text = malloc(len + 1);
         memcpy(en.text, text, len);
         en.text[len] = 0;
-        ok = write_meta(kv, &en);
+        ok = write_meta(kv, &en); /* file I/O outside the lock */
         if (ok) {
             char *mp = path_of(kv, key, "meta");
             en.bytes = file_size(sp) + file_size(mp);
             free(mp);
+            pthread_mutex_lock(&kv->mu);
             add_entry(kv, en);
             kv->st.saves++;
             kv->st.save_bytes += en.bytes;
+            evict_to_budget(kv, key, &gone, &n_gone);
+            pthread_mutex_unlock(&kv->mu);
             srv_log("kv cache: saved %u tokens (%s, %.1f MiB in %.2fs)", n, reason, en.bytes / 1048576.0, now_s() - t0);
-            evict_to_budget(kv, key);
         } else {
             free(en.text);
             unlink(sp);
         }
     }
-    pthread_mutex_unlock(&kv->mu);
+    for (size_t i = 0; i < n_gone; i++) remove_entry_files(kv, gone[i]);
+    free(gone);
     free(sp);
     return ok;
 }
