@@ -122,6 +122,19 @@ static __device__ __forceinline__ float block_max(float v, float *red) {
     return m;
 }
 
+static __device__ __forceinline__ uint32_t byte_of(uint32_t w, int i) { return (w >> (8 * i)) & 0xff; }
+/* Q4_K: the 6-bit scale and min of sub-block j from the 12 scale bytes */
+static __device__ __forceinline__ void q4k_scale_min(const uint32_t (&s)[3], int j, int &sc, int &m) {
+#define SB(i) ((int)byte_of(s[(i) >> 2], (i) & 3))
+    if (j < 4) {
+        sc = SB(j) & 63;
+        m = SB(j + 4) & 63;
+    } else {
+        sc = (SB(j + 4) & 0xF) | ((SB(j - 4) >> 6) << 4);
+        m = (SB(j + 4) >> 4) | ((SB(j) >> 6) << 4);
+    }
+#undef SB
+}
 static __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 static __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 static __device__ __forceinline__ float round_f16(float x) { return __half2float(__float2half_rn(x)); }
@@ -248,8 +261,17 @@ void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);
  * the output row p. T: the chunk's tokens (no expert has more pairs). */
 void cu_moe_mm(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,
                const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride, uint32_t T);
-/* Prefill products of T >= min_T tokens run on tensor cores (BF16 WMMA,
- * quantized weights only); 0 turns that off. Default: DS4_CUDA_MMA_MIN or 16. */
+/* kernels_mma.cu: prefill products of T >= min_T tokens on tensor cores
+ * (BF16, quantized and F16/BF16 weights); 0 turns that off. Default:
+ * DS4_CUDA_MMA_MIN or 16. */
+bool cu_mma_tables_init(char *err, size_t errlen);
+uint32_t cu_mma_min_T(void);
+/* J on tensor cores when T, the weight type and the layout allow (dense jobs
+ * only); false: the caller runs the exact kernels */
+bool cu_mma_dense(cudaStream_t st, const mv_job &J, uint32_t T);
+/* cu_moe_mm on tensor cores when allowed; false: not run */
+bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,
+                const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride, uint32_t T);
 void cu_mma_set_min_T(uint32_t min_T);
 /* tests: the token tile of the expert products (32 or 64; 0: chosen by size) */
 void cu_mma_set_moe_bn(uint32_t bn);
