@@ -58,6 +58,20 @@ typedef struct cu_model : cu_alloc {
 
 static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
 
+/* Programmatic dependent launch (cuda_internal.cuh): on for cc >= 9.0 unless
+ * DS4_CUDA_PDL=0; switched off for good if a graph with it fails to build. */
+static int g_pdl = -1;
+bool cu_pdl_enabled(void) {
+    if (g_pdl < 0) {
+        const char *e = getenv("DS4_CUDA_PDL");
+        int dev = 0, major = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        g_pdl = major >= 9 && !(e && *e == '0');
+    }
+    return g_pdl == 1;
+}
+
 bool cu_dev_alloc(cu_alloc *cm, void **p, size_t bytes, char *err, size_t errlen, const char *what) {
     *p = NULL;
     if (!bytes) return true;
@@ -497,7 +511,7 @@ static void layout_scratch(const ds4_session *s, cu_session *cs, carve *c) {
     cs->pos0 = (int64_t *)take(c, 8);
     cs->R = (float *)take(c, (size_t)T * C * E * 4);
     cs->mix = (float *)take(c, (size_t)T * M * 4);
-    cs->hcpart = (float *)take(c, cu_hc_part_floats(T, M > C ? M : C, C * E) * 4);
+    cs->hcpart = (float *)take(c, cu_hc_part_floats(T, M > C ? M : C, C, E) * 4);
     cs->amax = (float *)take(c, cu_argmax_scratch_floats(1) * 4);
     cs->pre = (float *)take(c, (size_t)T * C * 4);
     cs->post = (float *)take(c, (size_t)T * C * 4);
@@ -687,6 +701,8 @@ typedef struct {
     const char *failed; /* first kernel that failed (sync mode) */
     cudaError_t error;
     std::vector<prof_mark> *marks; /* ds4_cuda_profile_decode: an event after each step */
+    uint32_t mix_S; /* cs->hcpart holds the next hyper-connection's mix partials
+                       (from the last hc_post), in mix_S slices; 0: not formed */
 } fwd;
 
 /* The side stream for a layer's independent branches; the main stream when
@@ -815,9 +831,12 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     const float eps = (float)hp->rms_eps;
     const float *rope = ratio ? cm->rope_comp : cm->rope_main;
 
-    cu_hc_mix(sm, L->hc_attn_fn, cs->R, T, C * E, eps, cs->hcpart);
-    kcheck(F, "hc mix (attention)");
-    hc_params hcp = {L->hc_attn_scale, L->hc_attn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps};
+    if (!F->mix_S) {
+        F->mix_S = cu_hc_mix(sm, L->hc_attn_fn, cs->R, T, C * E, eps, cs->hcpart);
+        kcheck(F, "hc mix (attention)");
+    }
+    hc_params hcp = {L->hc_attn_scale, L->hc_attn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
+    F->mix_S = 0;
     cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, cs->a);
     kcheck(F, "hc pre (attention)");
 
@@ -870,7 +889,7 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (ratio == 4) {
         const float wscale = 1.0f / sqrtf((float)ID * (float)I);
         cu_indexer(sm, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0, cs->scores,
-                   cs->sel, cs->n_sel);
+                   cs->sel, cs->n_sel, !m->exact);
         kcheck(F, "indexer scores + top-k");
         if (F->s->trace_topk) trace_indexer(F, il, T);
     }
@@ -901,7 +920,7 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     jb[0] = job(L->out_b, av_of(cs->low), cs->y, E);
     cu_matvec(sm, jb, 1, T);
     kcheck(F, "out_b");
-    cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E);
+    F->mix_S = cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart);
     kcheck(F, "hc post (attention)");
 }
 
@@ -915,9 +934,12 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     const uint32_t C = hp->n_hc, E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used, FF = hp->n_ff_exp;
     const float eps = (float)hp->rms_eps, clamp = hp->swiglu_clamp[il];
 
-    cu_hc_mix(sm, L->hc_ffn_fn, cs->R, T, C * E, eps, cs->hcpart);
-    kcheck(F, "hc mix (ffn)");
-    hc_params hcp = {L->hc_ffn_scale, L->hc_ffn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps};
+    if (!F->mix_S) {
+        F->mix_S = cu_hc_mix(sm, L->hc_ffn_fn, cs->R, T, C * E, eps, cs->hcpart);
+        kcheck(F, "hc mix (ffn)");
+    }
+    hc_params hcp = {L->hc_ffn_scale, L->hc_ffn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
+    F->mix_S = 0;
     cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->ffn_norm, eps, cs->pre, cs->post, cs->comb, cs->f);
     kcheck(F, "hc pre (ffn)");
     mv_job jb[4];
@@ -969,7 +991,9 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     join_side(F, 1);
     cu_moe_sum(sm, cs->ysh, cs->ye, cs->ids, T, K, E, cs->y);
     kcheck(F, "expert sum");
-    cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E);
+    /* the next mix: the next layer's attention, or the output head of a decode step */
+    const dweight *next = il + 1 < hp->n_layer ? &cm->L[il + 1].hc_attn_fn : T == 1 ? &cm->out_hc_fn : NULL;
+    F->mix_S = cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, next, cs->hcpart);
     kcheck(F, "hc post (ffn)");
 }
 
@@ -979,8 +1003,11 @@ static void output_head(fwd *F, uint32_t t0, uint32_t n) {
     cu_model *cm = F->cm;
     cu_session *cs = F->cs;
     const uint32_t C = hp->n_hc, E = hp->n_embd;
+    /* partials formed by the last hc_post serve only a one-token step */
+    const uint32_t mixed = t0 == 0 && n == 1 ? F->mix_S : 0;
+    F->mix_S = 0;
     cu_head_hc(cm->st, cm->out_hc_fn, cm->out_hc_scale, cm->out_hc_base, cs->R + (size_t)t0 * C * E, n, C, E,
-               (float)hp->rms_eps, (float)hp->hc_eps, cm->out_norm, cs->hcpart, cs->hx);
+               (float)hp->rms_eps, (float)hp->hc_eps, cm->out_norm, cs->hcpart, cs->hx, mixed);
     mv_job j = job(cm->output, av_of(cs->hx), cs->logits, hp->n_vocab);
     cu_matvec(cm->st, &j, 1, n);
     kcheck(F, "output head");
@@ -1002,6 +1029,8 @@ static void run_layers(fwd *F, uint32_t T, cudaEvent_t *ev) {
 /* decode step body: layers, head of the token, argmax into next (for the
  * device-side greedy loop), position += 1 */
 __global__ void step_tail_kernel(int64_t *pos0, const int32_t *next, int32_t *tokens) {
+    pdl_wait();
+    pdl_trigger();
     pos0[0] += 1;
     tokens[0] = next[0];
 }
@@ -1010,7 +1039,7 @@ static void decode_body(fwd *F) {
     run_layers(F, 1, NULL);
     output_head(F, 0, 1);
     cu_argmax(F->cm->st, F->cs->logits, 1, F->s->m->hp->n_vocab, F->cs->next, F->cs->amax);
-    step_tail_kernel<<<1, 1, 0, F->cm->st>>>(F->cs->pos0, F->cs->next, F->cs->tokens);
+    cu_launch(step_tail_kernel, 1, 1, 0, F->cm->st, F->cs->pos0, F->cs->next, F->cs->tokens);
 }
 
 static bool finish(fwd *F, char *err, size_t errlen) {
@@ -1031,13 +1060,24 @@ static bool ensure_graph(fwd *F, char *err, size_t errlen) {
     cu_session *cs = F->cs;
     if (cs->graph_ready) return true;
     cudaStream_t sm = F->cm->st;
-    cudaGraph_t g;
-    CU_OK(cudaStreamBeginCapture(sm, cudaStreamCaptureModeThreadLocal), err, errlen, "graph capture");
-    decode_body(F);
-    CU_OK(cudaStreamEndCapture(sm, &g), err, errlen, "graph capture end");
-    cudaError_t e = cudaGraphInstantiate(&cs->graph, g, 0);
-    cudaGraphDestroy(g);
-    CU_OK(e, err, errlen, "graph instantiate");
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaSuccess;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        CU_OK(cudaStreamBeginCapture(sm, cudaStreamCaptureModeThreadLocal), err, errlen, "graph capture");
+        decode_body(F);
+        e = cudaStreamEndCapture(sm, &g);
+        if (e == cudaSuccess) {
+            e = cudaGraphInstantiate(&cs->graph, g, 0);
+            cudaGraphDestroy(g);
+        }
+        if (e == cudaSuccess || !cu_pdl_enabled()) break;
+        /* a driver that cannot capture programmatic launches: capture again without */
+        fprintf(stderr, "ds4: CUDA graph with programmatic launches failed (%s); continuing without them\n",
+                cudaGetErrorString(e));
+        cudaGetLastError();
+        g_pdl = 0;
+    }
+    CU_OK(e, err, errlen, "graph capture/instantiate");
     cs->graph_ready = true;
     return true;
 }

@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 extern "C" {
 #include "engine.h"
@@ -78,6 +79,65 @@ static inline act_view av_of(const dact &a, uint32_t off = 0) {
     v.f = a.f; v.q8 = a.q8; v.d8 = a.d8; v.qk = a.qk; v.dk = a.dk; v.bk = a.bk;
     v.stride = a.n; v.off = off;
     return v;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Programmatic dependent launch (sm_90+). Forward kernels are launched with
+ * cu_launch, which lets the next kernel of the stream start while this one
+ * finishes. Every kernel launched that way calls pdl_wait() before it reads
+ * anything an earlier kernel wrote or writes anything an earlier kernel
+ * reads (griddepcontrol.wait returns once the preceding grids have completed
+ * and their writes are visible), then pdl_trigger() so the next kernel may be
+ * scheduled. Work before pdl_wait() may only touch the weights (constant):
+ * the mat-vec prefetches its weight rows into L2 there, so a decode step's
+ * HBM reads start under the previous kernel's tail. On older cards and with
+ * DS4_CUDA_PDL=0 the launch is an ordinary one and both calls are no-ops. */
+static __device__ __forceinline__ void pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* whether cu_launch asks for programmatic serialization (cc >= 9.0 and
+ * DS4_CUDA_PDL != 0) */
+bool cu_pdl_enabled(void);
+template <typename... KArgs, typename... Args>
+static inline void cu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                             Args... args) {
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = cu_pdl_enabled() ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
+}
+
+/* Prefetches bytes [p, p + n) of a weight into L2 (16-byte aligned pieces
+ * inside [lo, hi), the weight's allocation): bulk prefetches issued by the
+ * calling thread on sm_90, nothing on older cards. */
+static __device__ __forceinline__ void l2_prefetch(const uint8_t *p, size_t n, const uint8_t *lo, const uint8_t *hi) {
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)15, b = ((uintptr_t)p + n + 15) & ~(uintptr_t)15;
+    if (a < (uintptr_t)lo) a = ((uintptr_t)lo + 15) & ~(uintptr_t)15;
+    if (b > (uintptr_t)hi) b = (uintptr_t)hi & ~(uintptr_t)15;
+    if (b <= a) return;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    for (uintptr_t c = a; c < b; c += 0x10000u) {
+        const uint32_t len = b - c < 0x10000u ? (uint32_t)(b - c) : 0x10000u;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c), "r"(len) : "memory");
+    }
+#else
+    (void)a; (void)b;
+#endif
 }
 
 /* ------------------------------------------------------------------------ */
@@ -281,17 +341,22 @@ typedef struct {
     const float *scale, *base; /* [3], [M] device */
     uint32_t C, iters;
     float eps;
+    uint32_t S; /* partial slices in `part` (what produced them returned it; 0: cu_hc_mix's) */
 } hc_params;
 /* Partial sums of mix[t][m] = (fn_m . R_t) / rms(R_t) for the M rows of fn
  * [C*E -> M], over 1024-value slices: `part` holds cu_hc_part_floats(). */
-void cu_hc_mix(cudaStream_t st, const dweight &fn, const float *R, uint32_t T, uint32_t CE, float rms_eps, float *part);
-size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t CE);
+uint32_t cu_hc_mix(cudaStream_t st, const dweight &fn, const float *R, uint32_t T, uint32_t CE, float rms_eps,
+                   float *part);
+size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t C, uint32_t E);
 /* mix from the partials, split into pre/post/comb, x[t] = Σ pre R[t], then
  * out = RMSNorm(x; norm) with its quantized forms */
 void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const float *R, uint32_t T, uint32_t E,
                const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out);
-void cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
-                uint32_t C, uint32_t E);
+/* R = post y + comb^T R; with next_fn (M <= 80 rows) also the next
+ * hyper-connection's mix partials into part (returns their slice count for
+ * hc_params.S / cu_head_hc, 0 when not formed) */
+uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
+                    uint32_t C, uint32_t E, const dweight *next_fn = NULL, float *part = NULL);
 /* rows x n: out = RMSNorm(x; w) (w may be NULL) with its quantized forms; x may be out.f */
 void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps);
 /* Per head of T x H heads of dim D: RMSNorm (no weight, if norm), RoPE tail
@@ -317,9 +382,11 @@ void cu_moe_sum(cudaStream_t st, const float *ysh, const float *ye, const int32_
 void cu_moe_sort(cudaStream_t st, const int32_t *ids, uint32_t n_pairs, uint32_t X, int32_t *cnt, int32_t *off,
                  int32_t *list);
 /* Output HC head: x[t] = RMSNorm(Σ_h w_h R[t][h]; norm) with its quantized
- * forms, w from out_hc_fn; part: cu_hc_part_floats(T, C, C*E) scratch */
+ * forms, w from out_hc_fn; part: cu_hc_part_floats(T, C, C, E) scratch, already
+ * holding the mix partials when mixed_S (cu_hc_post with out_hc_fn) */
 void cu_head_hc(cudaStream_t st, const dweight &fn, const float *scale, const float *base, const float *R, uint32_t T,
-                uint32_t C, uint32_t E, float rms_eps, float hc_eps, const float *norm, float *part, dact &x);
+                uint32_t C, uint32_t E, float rms_eps, float hc_eps, const float *norm, float *part, dact &x,
+                uint32_t mixed_S = 0);
 /* out[t] = argmax of rows of n floats (first max wins); scratch:
  * cu_argmax_scratch_floats(rows) */
 void cu_argmax(cudaStream_t st, const float *x, uint32_t rows, uint32_t n, int32_t *out, float *scratch);
@@ -341,10 +408,11 @@ void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, con
                  uint32_t T, const int64_t *pos0, float *st_kv, float *st_sc, float *pooled, float *rows);
 /* Indexer scores [T][n_cap] (rows k < visible of each token) and top-k:
  * sel [T][K] ascending, n_sel[t] = K, or UINT32_MAX when every visible row
- * is attended. */
+ * is attended. fp4_inputs: queries and keys are FP4-simulated (exact in
+ * BF16), so the scores may run on tensor cores. */
 void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_cap,
                 uint32_t T, uint32_t I, uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t *sel,
-                uint32_t *n_sel);
+                uint32_t *n_sel, bool fp4_inputs);
 typedef struct {
     uint32_t H, D, n_swa, raw_cap, ratio, top_k, n_rot;
     const float *sinks;

@@ -113,6 +113,44 @@ extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t
     return S.ok;
 }
 
+/* One decode launch of two jobs: expert pairs (matrix ids[p], activation
+ * row p or row 0 when x_shared) -> y [n_pairs][n_out], and a dense job over
+ * rows [3, n_out) of the last matrix with activation row 0 -> y2. */
+extern "C" bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
+                                           bool x_shared, float *y, float *y2, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(w, &dw)) return false;
+    const uint32_t nx = x_shared ? 1 : n_pairs, n_out = (uint32_t)w->n_out;
+    dact a = S.act(nx, (uint32_t)w->n_in, x);
+    int32_t *did = S.dev<int32_t>(n_pairs, ids);
+    float *dy = S.dev<float>((size_t)n_pairs * n_out), *dy2 = S.dev<float>(n_out);
+    if (!S.ok) return false;
+    mv_job j[2];
+    memset(j, 0, sizeof j);
+    j[0].w = dw;
+    j[0].mat_ids = did;
+    j[0].n_pairs = n_pairs;
+    j[0].x_pair = x_shared ? 0 : 1;
+    j[0].y_pair = 1;
+    j[0].n_rows = n_out;
+    j[0].x = av_of(a);
+    j[0].y = dy;
+    j[0].y_stride = n_out;
+    j[1].w = dw;
+    j[1].mat = (uint32_t)w->n_mat - 1;
+    j[1].n_pairs = 1;
+    j[1].row0 = 3;
+    j[1].n_rows = n_out - 3;
+    j[1].x = av_of(a);
+    j[1].y = dy2;
+    j[1].y_stride = n_out - 3;
+    cu_matvec(S.st, j, 2, 1);
+    S.get(y, dy, (size_t)n_pairs * n_out);
+    S.get(y2, dy2, n_out - 3);
+    return S.ok;
+}
+
 extern "C" bool ds4_cuda_test_moe_mm(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
                                      uint32_t x_div, float *y, char *err, size_t errlen) {
     scope S(err, errlen);
@@ -173,7 +211,7 @@ extern "C" bool ds4_cuda_test_hc_pre(const ds4_weight *fn, const float *scale, c
     dweight dw;
     if (!S.weight(fn, &dw)) return false;
     const uint32_t M = (2 + C) * C;
-    float *dR = S.dev<float>((size_t)T * C * E, R), *dmix = S.dev<float>(cu_hc_part_floats(T, M, C * E));
+    float *dR = S.dev<float>((size_t)T * C * E, R), *dmix = S.dev<float>(cu_hc_part_floats(T, M, C, E));
     float *dsc = S.dev<float>(3, scale), *dbase = S.dev<float>(M, base), *dnorm = S.dev<float>(E, norm);
     float *dpre = S.dev<float>(T * C), *dpost = S.dev<float>(T * C), *dcomb = S.dev<float>(T * C * C);
     dact dout = S.act(T, E, nullptr);
@@ -295,7 +333,11 @@ extern "C" bool ds4_cuda_test_indexer(const float *qi, const float *wi, float ws
     uint32_t *ds = S.dev<uint32_t>((size_t)T * K), *dn = S.dev<uint32_t>(T);
     int64_t *dp = S.dev<int64_t>(1, &pos0);
     if (!S.ok) return false;
-    cu_indexer(S.st, dq, dw, wscale, dk, n_keys, T, I, ID, K, dp, dsc, ds, dn);
+    /* the tensor-core scores when queries and keys are exact in BF16 (FP4-simulated inputs) */
+    bool fp4 = true;
+    for (size_t i = 0; fp4 && i < (size_t)T * I * ID; i++) fp4 = (*(const uint32_t *)&qi[i] & 0xffffu) == 0;
+    for (size_t i = 0; fp4 && i < (size_t)n_keys * ID; i++) fp4 = (*(const uint32_t *)&keys[i] & 0xffffu) == 0;
+    cu_indexer(S.st, dq, dw, wscale, dk, n_keys, T, I, ID, K, dp, dsc, ds, dn, fp4);
     S.get(sel, ds, (size_t)T * K);
     S.get(n_sel, dn, T);
     return S.ok;
@@ -329,11 +371,49 @@ extern "C" bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, 
     dweight dw;
     if (!S.weight(fn, &dw)) return false;
     float *dR = S.dev<float>((size_t)T * C * E, R), *dsc = S.dev<float>(1, scale), *db = S.dev<float>(C, base);
-    float *dn = S.dev<float>(E, norm), *part = S.dev<float>(cu_hc_part_floats(T, C, C * E));
+    float *dn = S.dev<float>(E, norm), *part = S.dev<float>(cu_hc_part_floats(T, C, C, E));
     dact dx = S.act(T, E, nullptr);
     if (!S.ok) return false;
     cu_head_hc(S.st, dw, dsc, db, dR, T, C, E, rms_eps, hc_eps, dn, part, dx);
     S.get(x, dx.f, (size_t)T * E);
+    return S.ok;
+}
+
+/* hc_post with the next mix fused, then what consumes those partials:
+ * hc_pre (head false: pre2/post2/comb2/out) or the output HC head (head
+ * true: out only; fn has C rows and scale one value) */
+extern "C" bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T,
+                                            uint32_t C, uint32_t E, const ds4_weight *fn, const float *scale,
+                                            const float *base, uint32_t iters, float rms_eps, float hc_eps,
+                                            const float *norm, bool head, float *pre2, float *post2, float *comb2,
+                                            float *out, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(fn, &dw)) return false;
+    const uint32_t M = head ? C : (2 + C) * C;
+    float *dR = S.dev<float>((size_t)T * C * E, R), *dy = S.dev<float>((size_t)T * E, y);
+    float *dpost = S.dev<float>(T * C, post), *dcomb = S.dev<float>(T * C * C, comb);
+    float *part = S.dev<float>(cu_hc_part_floats(T, M, C, E));
+    float *dsc = S.dev<float>(head ? 1 : 3, scale), *dbase = S.dev<float>(M, base), *dnorm = S.dev<float>(E, norm);
+    float *dpre2 = S.dev<float>(T * C), *dpost2 = S.dev<float>(T * C), *dcomb2 = S.dev<float>(T * C * C);
+    dact dout = S.act(T, E, nullptr);
+    if (!S.ok) return false;
+    const uint32_t Sp = cu_hc_post(S.st, dR, dy, dpost, dcomb, T, C, E, &dw, part);
+    if (!Sp) {
+        snprintf(err, errlen, "hc_post did not form the mix partials");
+        return false;
+    }
+    if (head) {
+        cu_head_hc(S.st, dw, dsc, dbase, dR, T, C, E, rms_eps, hc_eps, dnorm, part, dout, Sp);
+    } else {
+        hc_params hp = {dsc, dbase, C, iters, hc_eps, Sp};
+        cu_hc_pre(S.st, hp, part, dR, T, E, dnorm, rms_eps, dpre2, dpost2, dcomb2, dout);
+        S.get(pre2, dpre2, T * C);
+        S.get(post2, dpost2, T * C);
+        S.get(comb2, dcomb2, T * C * C);
+    }
+    S.get(R, dR, (size_t)T * C * E);
+    S.get(out, dout.f, (size_t)T * E);
     return S.ok;
 }
 

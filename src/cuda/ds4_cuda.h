@@ -107,6 +107,16 @@ bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, uint32_t D,
 bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, const float *base, const float *R, uint32_t T,
                            uint32_t C, uint32_t E, float rms_eps, float hc_eps, const float *norm, float *x, char *err,
                            size_t errlen);
+/* hc_post forming the next mix (fn), then hc_pre (head false) or the output
+ * HC head (head true) from those partials; R updated in place */
+/* a decode launch: expert pairs (ids, x per pair or shared) and a dense job
+ * on rows [3, n_out) of the last matrix, T = 1 */
+bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
+                                bool x_shared, float *y, float *y2, char *err, size_t errlen);
+bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T, uint32_t C,
+                                 uint32_t E, const ds4_weight *fn, const float *scale, const float *base,
+                                 uint32_t iters, float rms_eps, float hc_eps, const float *norm, bool head, float *pre2,
+                                 float *post2, float *comb2, float *out, char *err, size_t errlen);
 bool ds4_cuda_test_argmax(const float *x, uint32_t rows, uint32_t n, int32_t *out, char *err, size_t errlen);
 
 #ifdef __cplusplus

@@ -132,6 +132,8 @@ static __device__ void arow_hadamard(float *x, uint32_t n) {
 
 __global__ void comp_update_kernel(comp_params cp, dweight ape, const float *kv, const float *sc, uint32_t T,
                                    const int64_t *pos0, float *st_kv, float *st_sc, float *pooled) {
+    pdl_wait();
+    pdl_trigger();
     const uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     const uint32_t ratio = cp.ratio, dim = cp.dim, c = ratio == 4 ? 2 : 1, W = c * dim;
     if (j >= dim) return;
@@ -179,6 +181,8 @@ __global__ void comp_update_kernel(comp_params cp, dweight ape, const float *kv,
 }
 
 __global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0, const float *pooled, float *rows) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_row[];
     __shared__ double red[32];
     const int64_t p0 = pos0[0];
@@ -209,8 +213,8 @@ __global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0
 
 void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
                  uint32_t T, const int64_t *pos0, float *st_kv, float *st_sc, float *pooled, float *rows) {
-    comp_update_kernel<<<(cp.dim + 127) / 128, 128, 0, st>>>(cp, ape, kv, sc, T, pos0, st_kv, st_sc, pooled);
-    comp_emit_kernel<<<T / cp.ratio + 1, 128, cp.dim * sizeof(float), st>>>(cp, T, pos0, pooled, rows);
+    cu_launch(comp_update_kernel, (cp.dim + 127) / 128, 128, 0, st, cp, ape, kv, sc, T, pos0, st_kv, st_sc, pooled);
+    cu_launch(comp_emit_kernel, T / cp.ratio + 1, 128, cp.dim * sizeof(float), st, cp, T, pos0, pooled, rows);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -220,6 +224,8 @@ void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, con
 
 __global__ void indexer_score_kernel(const float *qi, const float *wi, float wscale, const float *keys, uint32_t I,
                                      uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t n_cap) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_mem[];
     const uint32_t t = blockIdx.y;
     const int64_t p = pos0[0] + t;
@@ -263,33 +269,175 @@ __global__ void indexer_score_kernel(const float *qi, const float *wi, float wsc
     }
 }
 
+/* Tensor-core scores for FP4-simulated inputs (not --exact). Queries and key
+ * rows are then e2m1 codes times a power-of-two scale per 32 values: exact in
+ * BF16, their products exact in f32, and a dot's partial sums are multiples of
+ * the smallest scale product far below 2^24 of them, so BF16 mma with f32
+ * accumulation gives the f32 dot (only the order of the head sum differs).
+ * GEMM per token: C[row][head] = key[row] . q[head] (M = key rows, N = heads,
+ * K = ID). A warp owns a 16-row tile: its keys are loaded once from global
+ * (f32 -> bf16 A fragments in registers) and reused for the block's IDXM_TT
+ * tokens, whose queries sit in shared memory as BF16 ([I][ID + 8]: ldmatrix
+ * rows land on distinct banks) with the scaled head weights. Epilogue: relu,
+ * times w, sum over the thread's heads, then over the quad's 4 lanes. Tiles
+ * are dealt to warps as tile = blockIdx.x + gridDim.x * (warp + 8 * i), so a
+ * short visible range still spreads over many blocks (SMs). Needs I % 16 == 0,
+ * I <= 64, ID % 16 == 0, ID <= 128 (cu_indexer falls back otherwise). */
+#define IDXM_WARPS 8
+#define IDXM_TT 4   /* tokens sharing a key tile */
+#define IDXM_MAXKS 8 /* ID / 16 */
+#define IDXM_MAXNT 8 /* I / 8 */
+
+static __device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+static __device__ __forceinline__ void idx_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ void idx_ldmatrix_x4(uint32_t *r, const void *p) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+}
+
+__global__ void __launch_bounds__(IDXM_WARPS * 32, 2)
+    indexer_score_mma_kernel(const float *qi, const float *wi, float wscale, const float *keys, uint32_t T, uint32_t I,
+                             uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t n_cap,
+                             uint32_t TT) {
+    extern __shared__ __align__(16) unsigned char s_raw[];
+    pdl_wait();
+    pdl_trigger();
+    const uint32_t QS = ID + 8, KS = ID / 16, NT = I / 8;
+    __nv_bfloat16 *s_q = reinterpret_cast<__nv_bfloat16 *>(s_raw); /* [TT][I][QS] */
+    float *s_w = reinterpret_cast<float *>(s_q + (size_t)TT * I * QS); /* [TT][I] */
+    const uint32_t t0 = blockIdx.y * TT, nt = min(TT, T - t0);
+    const int64_t p0 = pos0[0] + t0;
+    uint32_t nv_max = (uint32_t)((p0 + nt) / 4); /* the group's last token sees the most rows */
+    if (nv_max > n_cap) nv_max = n_cap;
+    if (nv_max <= K) return;
+    const uint32_t n_tiles = (nv_max + 15) / 16;
+    if (blockIdx.x >= n_tiles) return; /* every tile of this block lies past the visible rows */
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const uint32_t g = lane >> 2, c2 = (lane & 3) * 2;
+    const uint32_t stride = gridDim.x * IDXM_WARPS;
+    uint32_t tile = blockIdx.x + gridDim.x * wid;
+
+    float2 ar[IDXM_MAXKS][4];
+    auto load_tile = [&](uint32_t tl) {
+        const uint32_t r0 = tl * 16 + g, r1 = r0 + 8;
+        const float *k0 = keys + (size_t)r0 * ID + c2, *k1 = keys + (size_t)r1 * ID + c2;
+        const bool v0 = r0 < nv_max, v1 = r1 < nv_max;
+#pragma unroll
+        for (int ks = 0; ks < IDXM_MAXKS; ks++) { /* every entry written: no stale value stays live */
+            const bool in = (uint32_t)ks < KS;
+            const float2 z = make_float2(0.0f, 0.0f);
+            ar[ks][0] = in && v0 ? __ldg(reinterpret_cast<const float2 *>(k0 + ks * 16)) : z;
+            ar[ks][1] = in && v1 ? __ldg(reinterpret_cast<const float2 *>(k1 + ks * 16)) : z;
+            ar[ks][2] = in && v0 ? __ldg(reinterpret_cast<const float2 *>(k0 + ks * 16 + 8)) : z;
+            ar[ks][3] = in && v1 ? __ldg(reinterpret_cast<const float2 *>(k1 + ks * 16 + 8)) : z;
+        }
+    };
+    /* the first tile's keys (16 rows, 2 lines a lane) head for L1 while the
+     * queries are staged; loading them into registers here instead raised the
+     * kernel from 94 to ~155 registers (ptxas keeps both tiles' loads live) */
+    if (tile < n_tiles) {
+        const uint32_t rows = min(16u, nv_max - tile * 16), bytes = rows * ID * 4;
+        const char *base = reinterpret_cast<const char *>(keys + (size_t)tile * 16 * ID);
+        for (uint32_t o = (uint32_t)lane * 128; o < bytes; o += 32 * 128)
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(base + o));
+    }
+
+    /* stage the group's queries (BF16, exact for FP4 values) and scaled weights */
+    const uint32_t ID4 = ID / 4, n4 = I * ID4;
+    for (uint32_t tl = 0; tl < nt; tl++) {
+        const float4 *src = reinterpret_cast<const float4 *>(qi + (size_t)(t0 + tl) * I * ID);
+        __nv_bfloat16 *dst = s_q + (size_t)tl * I * QS;
+        for (uint32_t i = threadIdx.x; i < n4; i += blockDim.x) {
+            const float4 v = src[i];
+            const uint32_t h = i / ID4, d = (i - h * ID4) * 4;
+            uint2 packed;
+            packed.x = bf16x2_bits(v.x, v.y);
+            packed.y = bf16x2_bits(v.z, v.w);
+            *reinterpret_cast<uint2 *>(dst + (size_t)h * QS + d) = packed;
+        }
+        for (uint32_t h = threadIdx.x; h < I; h += blockDim.x) s_w[tl * I + h] = wi[(size_t)(t0 + tl) * I + h] * wscale;
+    }
+    __syncthreads();
+
+    /* ldmatrix.x4 address of this lane: matrix j = lane / 8 covers heads
+     * (j / 2) * 8 + 0..7 of a 16-head pair, dims (j % 2) * 8 + 0..7 */
+    const uint32_t lm_off = ((lane >> 4) * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+    for (; tile < n_tiles; tile += stride) {
+        load_tile(tile);
+        uint32_t a[IDXM_MAXKS][4];
+#pragma unroll
+        for (int ks = 0; ks < IDXM_MAXKS; ks++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) a[ks][r] = bf16x2_bits(ar[ks][r].x, ar[ks][r].y);
+        const uint32_t r0 = tile * 16 + g, r1 = r0 + 8;
+        for (uint32_t tl = 0; tl < nt; tl++) {
+            const uint32_t nv = min((uint32_t)((p0 + tl + 1) / 4), n_cap);
+            if (nv <= K || tile * 16 >= nv) continue;
+            float acc[IDXM_MAXNT][4];
+#pragma unroll
+            for (int j = 0; j < IDXM_MAXNT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            const __nv_bfloat16 *qb = s_q + (size_t)tl * I * QS + lm_off;
+#pragma unroll
+            for (int ks = 0; ks < IDXM_MAXKS; ks++) {
+                if ((uint32_t)ks >= KS) continue;
+#pragma unroll
+                for (int jp = 0; jp < IDXM_MAXNT / 2; jp++) {
+                    if ((uint32_t)jp * 2 >= NT) continue;
+                    uint32_t b[4];
+                    idx_ldmatrix_x4(b, qb + (size_t)jp * 16 * QS + ks * 16);
+                    idx_mma(acc[2 * jp], a[ks], b[0], b[1]);
+                    idx_mma(acc[2 * jp + 1], a[ks], b[2], b[3]);
+                }
+            }
+            const float *w = s_w + tl * I + c2;
+            float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < IDXM_MAXNT; j++) {
+                if ((uint32_t)j >= NT) continue;
+                const float w0 = w[j * 8], w1 = w[j * 8 + 1];
+                if (acc[j][0] > 0) s0 = fmaf(w0, acc[j][0], s0);
+                if (acc[j][1] > 0) s0 = fmaf(w1, acc[j][1], s0);
+                if (acc[j][2] > 0) s1 = fmaf(w0, acc[j][2], s1);
+                if (acc[j][3] > 0) s1 = fmaf(w1, acc[j][3], s1);
+            }
+            s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+            s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+            s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+            s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+            if ((lane & 3) == 0) {
+                float *out = scores + (size_t)(t0 + tl) * n_cap;
+                if (r0 < nv) out[r0] = s0;
+                if (r1 < nv) out[r1] = s1;
+            }
+        }
+    }
+}
+
 static __device__ __forceinline__ uint32_t f2key(float f) {
     const uint32_t b = __float_as_uint(f);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-/* Exclusive prefix of a per-thread flag over the block (blockDim 1024);
- * returns the prefix, total in *total. s_w: 32 ints of scratch. */
-static __device__ __forceinline__ uint32_t block_flag_scan(bool flag, uint32_t *total, int *s_w) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const unsigned m = __ballot_sync(0xffffffffu, flag);
-    __syncthreads();
-    if (lane == 0) s_w[wid] = __popc(m);
-    __syncthreads();
-    uint32_t before = 0, tot = 0;
-    for (int w = 0; w < nw; w++) {
-        if (w < wid) before += s_w[w];
-        tot += s_w[w];
-    }
-    *total = tot;
-    return before + __popc(m & ((1u << lane) - 1));
-}
-
 __global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores, uint32_t n_cap, uint32_t K,
                                                             const int64_t *pos0, uint32_t *sel, uint32_t *n_sel,
                                                             uint32_t topk_smem_keys) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ uint32_t s_hist[256];
-    __shared__ int s_w[32];
+    __shared__ uint32_t s_cgt[32], s_ceq[32];
     __shared__ uint32_t s_prefix, s_mask, s_want, s_gt;
     const uint32_t t = blockIdx.x;
     const int64_t p = pos0[0] + t;
@@ -298,6 +446,7 @@ __global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores,
         if (threadIdx.x == 0) n_sel[t] = 0xffffffffu;
         return;
     }
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const float *sc = scores + (size_t)t * n_cap;
     extern __shared__ uint32_t s_keys[]; /* n keys when they fit (cu_indexer sizes it), else read from global */
     const bool staged = n <= topk_smem_keys;
@@ -305,20 +454,28 @@ __global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores,
         #pragma unroll 4
         for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) s_keys[i] = f2key(sc[i]);
     if (threadIdx.x == 0) { s_prefix = 0; s_mask = 0; s_want = K; s_gt = 0; }
-    /* radix select of the K-th largest key, 8 bits at a time from the top */
+    /* radix select of the K-th largest key, 8 bits at a time from the top;
+     * the histogram adds are aggregated per warp over lanes with the same bin
+     * (scores share their top bits, so plain atomics serialise on a few bins) */
     for (int shift = 24; shift >= 0; shift -= 8) {
         #pragma unroll 4
         for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) s_hist[i] = 0;
         __syncthreads();
         const uint32_t prefix = s_prefix, mask = s_mask;
-        #pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-            const uint32_t k = staged ? s_keys[i] : f2key(sc[i]);
-            if ((k & mask) == prefix) atomicAdd(&s_hist[(k >> shift) & 0xff], 1u);
+        for (uint32_t b = 0; b < n; b += blockDim.x) { /* every lane runs every round: full-warp ballots */
+            const uint32_t i = b + threadIdx.x;
+            uint32_t k = 0;
+            if (i < n) k = staged ? s_keys[i] : f2key(sc[i]);
+            const bool in = i < n && (k & mask) == prefix;
+            const unsigned act = __ballot_sync(0xffffffffu, in);
+            if (in) {
+                const uint32_t bin = (k >> shift) & 0xff;
+                const unsigned peers = __match_any_sync(act, bin);
+                if (lane == __ffs(peers) - 1) atomicAdd(&s_hist[bin], (uint32_t)__popc(peers));
+            }
         }
         __syncthreads();
         if (threadIdx.x < 32) { /* the bin holding the want-th largest key: warp 0, 8 bins a lane, from the top */
-            const int lane = threadIdx.x;
             const uint32_t want = s_want;
             uint32_t cnt = 0;
             for (int k = 0; k < 8; k++) cnt += s_hist[255 - (lane * 8 + k)];
@@ -346,31 +503,84 @@ __global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores,
         __syncthreads();
     }
     const uint32_t kth = s_prefix, need_eq = K - s_gt;
-    /* in-order compaction: keys above kth, and the first need_eq equal ones */
-    uint32_t run_eq = 0, run_sel = 0;
-    for (uint32_t b = 0; b < n; b += blockDim.x) {
-        const uint32_t i = b + threadIdx.x;
-        const uint32_t k = i < n ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
-        const bool gt = i < n && k > kth, eq = i < n && k == kth;
-        uint32_t tot_eq, tot_sel;
-        const uint32_t eq_rank = run_eq + block_flag_scan(eq, &tot_eq, s_w);
-        const bool take = gt || (eq && eq_rank < need_eq);
-        const uint32_t at = run_sel + block_flag_scan(take, &tot_sel, s_w);
+    /* in-order compaction: keys above kth, and the first need_eq equal ones.
+     * Warp w owns the contiguous rows [w * seg, (w + 1) * seg): one counting
+     * pass, one block-wide exchange of the per-warp counts, one writing pass
+     * (ranks inside a warp from ballots). */
+    const uint32_t seg = (((n + nw - 1) / nw) + 31) & ~31u;
+    const uint32_t lo = min(n, (uint32_t)wid * seg), hi = min(n, lo + seg);
+    uint32_t c_gt = 0, c_eq = 0;
+    for (uint32_t b = lo; b < hi; b += 32) {
+        const uint32_t i = b + lane;
+        const uint32_t k = i < hi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
+        c_gt += __popc(__ballot_sync(0xffffffffu, i < hi && k > kth));
+        c_eq += __popc(__ballot_sync(0xffffffffu, i < hi && k == kth));
+    }
+    if (lane == 0) { s_cgt[wid] = c_gt; s_ceq[wid] = c_eq; }
+    __syncthreads();
+    /* lane l: warp l's counts; exclusive scans give each warp's first equal rank and output slot */
+    const uint32_t gl = lane < nw ? s_cgt[lane] : 0, el = lane < nw ? s_ceq[lane] : 0;
+    uint32_t e_incl = el;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t o = __shfl_up_sync(0xffffffffu, e_incl, off);
+        if (lane >= off) e_incl += o;
+    }
+    const uint32_t e_excl = e_incl - el;
+    const uint32_t take_l = gl + (e_excl >= need_eq ? 0 : min(el, need_eq - e_excl));
+    uint32_t s_incl = take_l;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t o = __shfl_up_sync(0xffffffffu, s_incl, off);
+        if (lane >= off) s_incl += o;
+    }
+    uint32_t eq_before = __shfl_sync(0xffffffffu, e_excl, wid);
+    uint32_t sel_before = __shfl_sync(0xffffffffu, s_incl - take_l, wid);
+    const unsigned below = (1u << lane) - 1;
+    for (uint32_t b = lo; b < hi; b += 32) {
+        const uint32_t i = b + lane;
+        const uint32_t k = i < hi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
+        const bool gt = i < hi && k > kth, eq = i < hi && k == kth;
+        const unsigned em = __ballot_sync(0xffffffffu, eq);
+        const bool take = gt || (eq && eq_before + __popc(em & below) < need_eq);
+        const unsigned tm = __ballot_sync(0xffffffffu, take);
+        const uint32_t at = sel_before + __popc(tm & below);
         if (take && at < K) sel[(size_t)t * K + at] = i;
-        run_eq += tot_eq;
-        run_sel += tot_sel;
+        eq_before += __popc(em);
+        sel_before += __popc(tm);
     }
     if (threadIdx.x == 0) n_sel[t] = K;
 }
 
 void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_cap,
                 uint32_t T, uint32_t I, uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t *sel,
-                uint32_t *n_sel) {
-    const size_t smem = ((size_t)I * (ID + 1) + I + 8 * ID) * sizeof(float);
-    dim3 grid((n_cap + IDX_ROWS - 1) / IDX_ROWS, T);
-    indexer_score_kernel<<<grid, 256, smem, st>>>(qi, wi, wscale, keys, I, ID, K, pos0, scores, n_cap);
+                uint32_t *n_sel, bool fp4_inputs) {
+    const bool mma = fp4_inputs && T > 0 && I % 16 == 0 && I > 0 && I <= 8 * IDXM_MAXNT && ID % 16 == 0 && ID > 0 &&
+                     ID <= 16 * IDXM_MAXKS && ((uintptr_t)qi & 15) == 0 && ((uintptr_t)keys & 7) == 0;
+    if (mma) {
+        const uint32_t TT = T < IDXM_TT ? T : IDXM_TT, groups = (T + TT - 1) / TT;
+        const uint32_t tiles = (n_cap + 15) / 16;
+        /* decode: at least ~one block an SM while there are tiles (a warp per
+         * tile, 8 tiles a block when there are plenty); prefill: 4 tiles a
+         * warp, so a block's staged queries serve 32 key tiles */
+        uint32_t G;
+        if (groups == 1) {
+            G = (tiles + IDXM_WARPS - 1) / IDXM_WARPS;
+            if (G < 132) G = tiles < 132 ? tiles : 132;
+        } else {
+            G = (tiles + 4 * IDXM_WARPS - 1) / (4 * IDXM_WARPS);
+        }
+        if (G < 1) G = 1;
+        const size_t smem = (size_t)TT * I * (ID + 8) * sizeof(__nv_bfloat16) + (size_t)TT * I * sizeof(float);
+        cu_launch(indexer_score_mma_kernel, dim3(G, groups), IDXM_WARPS * 32, smem, st, qi, wi, wscale, keys, T, I, ID,
+                  K, pos0, scores, n_cap, TT);
+    } else {
+        const size_t smem = ((size_t)I * (ID + 1) + I + 8 * ID) * sizeof(float);
+        dim3 grid((n_cap + IDX_ROWS - 1) / IDX_ROWS, T);
+        cu_launch(indexer_score_kernel, grid, 256, smem, st, qi, wi, wscale, keys, I, ID, K, pos0, scores, n_cap);
+    }
     const uint32_t staged = n_cap < 48 * 1024 ? n_cap : 48 * 1024; /* up to 192 KiB of shared memory */
-    indexer_topk_kernel<<<T, 1024, (size_t)staged * 4, st>>>(scores, n_cap, K, pos0, sel, n_sel, staged);
+    cu_launch(indexer_topk_kernel, T, 1024, (size_t)staged * 4, st, scores, n_cap, K, pos0, sel, n_sel, staged);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -390,6 +600,8 @@ size_t cu_attention_part_floats(uint32_t T, uint32_t H, uint32_t D, uint32_t spl
 template <int DPL>
 __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const float *q, const int64_t *pos0,
                                                         uint32_t S, float *part_o, float *part_ml) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_k[]; /* [ATT_TILE][D] */
     const uint32_t t = blockIdx.x, hg = blockIdx.y, s = blockIdx.z;
     const uint32_t H = ap.H, D = ap.D;
@@ -465,6 +677,8 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
 
 __global__ void attn_combine_kernel(attn_params ap, const int64_t *pos0, uint32_t S, const float *part_o,
                                     const float *part_ml, float *out, dact oq) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_row[];
     __shared__ float s_w[64];
     __shared__ float s_inv;
@@ -507,15 +721,15 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     (void)part_floats;
     dim3 grid(T, (ap.H + ATT_HPB - 1) / ATT_HPB, splits);
     switch (ap.D / 32) {
-    case 4: attn_part_kernel<4><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
-    case 8: attn_part_kernel<8><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
-    case 16: attn_part_kernel<16><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
-    default: attn_part_kernel<32><<<grid, 256, smem, st>>>(ap, q, pos0, splits, part_o, part_ml); break;
+    case 4: cu_launch(attn_part_kernel<4>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
+    case 8: cu_launch(attn_part_kernel<8>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
+    case 16: cu_launch(attn_part_kernel<16>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
+    default: cu_launch(attn_part_kernel<32>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
     }
     dact none;
     memset(&none, 0, sizeof none);
     dim3 g2(T, ap.H);
-    attn_combine_kernel<<<g2, 256, ap.D * sizeof(float), st>>>(ap, pos0, splits, part_o, part_ml, o,
+    cu_launch(attn_combine_kernel, g2, 256, ap.D * sizeof(float), st, ap, pos0, splits, part_o, part_ml, o,
                                                                oq && ap.D % 256 == 0 ? *oq : none);
 }
 
@@ -524,6 +738,10 @@ bool cu_attn_init(char *err, size_t errlen) {
           errlen, "attention shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024), err,
           errlen, "indexer shared memory");
+    CU_OK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               (int)(IDXM_TT * 8 * IDXM_MAXNT * (16 * IDXM_MAXKS + 8) * sizeof(__nv_bfloat16) +
+                                     IDXM_TT * 8 * IDXM_MAXNT * sizeof(float))),
+          err, errlen, "indexer (tensor cores) shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024), err,
           errlen, "top-k shared memory");
     return true;

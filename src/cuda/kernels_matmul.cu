@@ -42,6 +42,8 @@ bool cu_tables_init(char *err, size_t errlen) {
 
 __global__ void quantize_kernel(const float *x, uint32_t xstride, uint32_t n, int8_t *q8, float *d8, int8_t *qk,
                                 float *dk, int32_t *bk) {
+    pdl_wait();
+    pdl_trigger();
     const uint32_t t = blockIdx.y, i = blockIdx.x * 256 + threadIdx.x;
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const bool in = i < n;
@@ -98,10 +100,12 @@ void cu_quantize(cudaStream_t st, const float *x, uint32_t xstride, uint32_t row
     const bool k8 = a.q8 && a.n % 32 == 0, kk = a.qk && a.n % 256 == 0;
     if (!k8 && !kk) return;
     dim3 grid((a.n + 255) / 256, rows);
-    quantize_kernel<<<grid, 256, 0, st>>>(x, xstride, a.n, k8 ? a.q8 : NULL, a.d8, kk ? a.qk : NULL, a.dk, a.bk);
+    cu_launch(quantize_kernel, grid, 256, 0, st, x, xstride, a.n, k8 ? a.q8 : NULL, a.d8, kk ? a.qk : NULL, a.dk, a.bk);
 }
 
 __global__ void dequant_rows_kernel(dweight w, const int32_t *ids, uint32_t n, float *out, uint32_t rep) {
+    pdl_wait();
+    pdl_trigger();
     const uint32_t r = blockIdx.y;
     int64_t id = ids[r];
     if (id < 0 || id >= (int64_t)w.n_out) id = 0;
@@ -113,7 +117,7 @@ __global__ void dequant_rows_kernel(dweight w, const int32_t *ids, uint32_t n, f
 
 void cu_dequant_rows(cudaStream_t st, const dweight &w, const int32_t *ids, uint32_t n, float *out, uint32_t rep) {
     dim3 grid((w.n_in + 255) / 256, n);
-    dequant_rows_kernel<<<grid, 256, 0, st>>>(w, ids, w.n_in, out, rep);
+    cu_launch(dequant_rows_kernel, grid, 256, 0, st, w, ids, w.n_in, out, rep);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -410,8 +414,15 @@ static __device__ __forceinline__ void dot_q4_k(const uint8_t *wr, uint32_t n, c
     }
 }
 
-/* The row's dot with NT activation rows; every lane returns the totals. */
-template <int NT>
+/* weight types as bits, so a kernel can be compiled for the types its jobs
+ * use (fewer registers: the decode mat-vec runs more warps an SM) */
+#define TB(t) (1u << (t))
+#define TB_ALL (TB(DS4_TYPE_F32) | TB(DS4_TYPE_F16) | TB(DS4_TYPE_BF16) | TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_IQ2_XXS) | \
+                TB(DS4_TYPE_Q2_K) | TB(DS4_TYPE_Q4_K))
+
+/* The row's dot with NT activation rows; every lane returns the totals.
+ * TYPES: the weight types this instantiation handles (others give 0). */
+template <int NT, uint32_t TYPES = TB_ALL>
 static __device__ __forceinline__ void row_dot(const dweight &w, uint64_t wrow, const act_view &x,
                                                const uint32_t (&xr)[NT], int nt, float (&out)[NT],
                                                const uint64_t *grid, const uint8_t *signs) {
@@ -419,22 +430,21 @@ static __device__ __forceinline__ void row_dot(const dweight &w, uint64_t wrow, 
 #pragma unroll
     for (int j = 0; j < NT; j++) acc[j] = 0.0f;
     const uint8_t *q = w.q + wrow * w.row_bytes;
-    switch (w.type) {
-    case DS4_TYPE_F32: dot_f32<NT>((const float *)q, w.n_in, x, xr, nt, acc); break;
-    case DS4_TYPE_F16: dot_f16<NT, false>((const uint16_t *)q, w.n_in, x, xr, nt, acc); break;
-    case DS4_TYPE_BF16: dot_f16<NT, true>((const uint16_t *)q, w.n_in, x, xr, nt, acc); break;
-    case DS4_TYPE_Q8_0:
+    if ((TYPES & TB(DS4_TYPE_F32)) && w.type == DS4_TYPE_F32) dot_f32<NT>((const float *)q, w.n_in, x, xr, nt, acc);
+    else if ((TYPES & TB(DS4_TYPE_F16)) && w.type == DS4_TYPE_F16)
+        dot_f16<NT, false>((const uint16_t *)q, w.n_in, x, xr, nt, acc);
+    else if ((TYPES & TB(DS4_TYPE_BF16)) && w.type == DS4_TYPE_BF16)
+        dot_f16<NT, true>((const uint16_t *)q, w.n_in, x, xr, nt, acc);
+    else if ((TYPES & TB(DS4_TYPE_Q8_0)) && w.type == DS4_TYPE_Q8_0)
         dot_q8_0<NT>((const int8_t *)q, w.d + wrow * (w.n_in / 32), w.n_in, x, xr, nt, acc);
-        break;
-    case DS4_TYPE_IQ2_XXS: dot_iq2_xxs<NT>(q, w.d + wrow * (w.n_in / 256), w.n_in, x, xr, nt, acc, grid, signs); break;
-    case DS4_TYPE_Q2_K: dot_q2_k<NT>(q, w.n_in, x, xr, nt, acc); break;
-    case DS4_TYPE_Q4_K: dot_q4_k<NT>(q, w.n_in, x, xr, nt, acc); break;
-    default: break;
-    }
+    else if ((TYPES & TB(DS4_TYPE_IQ2_XXS)) && w.type == DS4_TYPE_IQ2_XXS)
+        dot_iq2_xxs<NT>(q, w.d + wrow * (w.n_in / 256), w.n_in, x, xr, nt, acc, grid, signs);
+    else if ((TYPES & TB(DS4_TYPE_Q2_K)) && w.type == DS4_TYPE_Q2_K) dot_q2_k<NT>(q, w.n_in, x, xr, nt, acc);
+    else if ((TYPES & TB(DS4_TYPE_Q4_K)) && w.type == DS4_TYPE_Q4_K) dot_q4_k<NT>(q, w.n_in, x, xr, nt, acc);
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         float v = warp_sum(acc[j]);
-        if (w.type == DS4_TYPE_IQ2_XXS) v *= 0.125f;
+        if ((TYPES & TB(DS4_TYPE_IQ2_XXS)) && w.type == DS4_TYPE_IQ2_XXS) v *= 0.125f;
         out[j] = v;
     }
 }
@@ -450,6 +460,7 @@ typedef struct {
     uint32_t T;
     int n_jobs;
     int need_iq2;
+    int prefetch; /* L2 prefetch of a block's rows first (DS4_CUDA_MV_PREFETCH=1; measured slower) */
     uint32_t rpw; /* rows per warp */
 } mv_launch;
 
@@ -465,11 +476,28 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint8_t
 
 /* OCC: the decode variant capped at 48 registers (5 blocks, 40 warps an SM:
  * more weight bytes in flight, a few spills); chosen with DS4_CUDA_MV_OCC=1 */
-template <int NT, bool OCC>
-__global__ void __launch_bounds__(256, OCC ? 5 : 1) matvec_kernel(const __grid_constant__ mv_launch L) {
+/* The weight bytes of rows [row0, row0 + n) of matrix-row space into L2 */
+static __device__ __forceinline__ void prefetch_rows(const dweight &w, uint64_t row0, uint32_t n) {
+    const uint64_t all = (uint64_t)(w.n_mat ? w.n_mat : 1) * w.n_out;
+    if (row0 >= all) return;
+    if (row0 + n > all) n = (uint32_t)(all - row0);
+    l2_prefetch(w.q + row0 * w.row_bytes, (size_t)n * w.row_bytes, w.q, w.q + all * w.row_bytes);
+    if (w.d) {
+        const uint64_t spr = dw_scales_per_row(w.type, w.n_in);
+        const uint8_t *d = (const uint8_t *)w.d;
+        l2_prefetch(d + row0 * spr * 2, (size_t)n * spr * 2, d, d + all * spr * 2);
+    }
+}
+
+/* OCC: the decode variant capped at 64 registers (4 blocks, 32 warps an SM:
+ * more weight bytes in flight), for the Q8_0 (+ F16) instantiations.
+ * A block first prefetches all its weight rows into L2 (before pdl_wait when
+ * the matrix does not depend on routing), so the HBM reads of its rows are in
+ * flight at once rather than one warp-load at a time. */
+template <int NT, bool OCC, uint32_t TYPES = TB_ALL>
+__global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matvec_kernel(const __grid_constant__ mv_launch L) {
     __shared__ uint64_t s_grid[256];
     __shared__ uint8_t s_signs[128];
-    if (L.need_iq2) load_iq2_tables(s_grid, s_signs);
     int jn = 0;
     while (jn + 1 < L.n_jobs && blockIdx.x >= L.blk0[jn + 1]) jn++;
     const mv_job &J = L.jobs[jn];
@@ -477,13 +505,20 @@ __global__ void __launch_bounds__(256, OCC ? 5 : 1) matvec_kernel(const __grid_c
     const uint32_t local = blockIdx.x - L.blk0[jn];
     const uint32_t rbp = (J.n_rows + rows_pb - 1) / rows_pb;
     const uint32_t pair = local / rbp;
+    const uint32_t rb0 = (local % rbp) * rows_pb;
+    const uint32_t nrb = J.n_rows - rb0 < rows_pb ? J.n_rows - rb0 : rows_pb;
+    if (!J.mat_ids && L.prefetch && threadIdx.x == 0) prefetch_rows(J.w, (uint64_t)J.mat * J.w.n_out + J.row0 + rb0, nrb);
+    pdl_wait();
+    pdl_trigger();
     uint32_t mat = J.mat;
     if (J.mat_ids) {
         const int32_t e = J.mat_ids[pair];
         mat = e >= 0 && (uint32_t)e < J.w.n_mat ? (uint32_t)e : 0;
+        if (L.prefetch && threadIdx.x == 0) prefetch_rows(J.w, (uint64_t)mat * J.w.n_out + J.row0 + rb0, nrb);
     }
+    if (L.need_iq2) load_iq2_tables(s_grid, s_signs);
     for (uint32_t k = 0; k < rpw; k++) {
-        const uint32_t r = (local % rbp) * rows_pb + k * MV_WARPS + (threadIdx.x >> 5);
+        const uint32_t r = rb0 + k * MV_WARPS + (threadIdx.x >> 5);
         if (r >= J.n_rows) break;
         const uint64_t wrow = (uint64_t)mat * J.w.n_out + J.row0 + r;
         for (uint32_t t0 = 0; t0 < L.T; t0 += NT) {
@@ -492,7 +527,7 @@ __global__ void __launch_bounds__(256, OCC ? 5 : 1) matvec_kernel(const __grid_c
 #pragma unroll
             for (int j = 0; j < NT; j++) xr[j] = pair * J.x_pair + t0 + j;
             float out[NT];
-            row_dot<NT>(J.w, wrow, J.x, xr, nt, out, s_grid, s_signs);
+            row_dot<NT, TYPES>(J.w, wrow, J.x, xr, nt, out, s_grid, s_signs);
             if ((threadIdx.x & 31) == 0)
 #pragma unroll
                 for (int j = 0; j < NT; j++)
@@ -500,6 +535,9 @@ __global__ void __launch_bounds__(256, OCC ? 5 : 1) matvec_kernel(const __grid_c
         }
     }
 }
+
+/* decode mat-vecs compiled for the job list's weight types (DS4_CUDA_MV_SPEC=0: one kernel for all) */
+static bool g_mv_spec = true;
 
 static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T) {
     for (int base = 0; base < n_jobs; base += MV_MAX_JOBS) {
@@ -509,8 +547,20 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         L.n_jobs = n_jobs - base < MV_MAX_JOBS ? n_jobs - base : MV_MAX_JOBS;
         uint32_t rows = 0;
         for (int j = 0; j < L.n_jobs; j++) rows += (jobs[base + j].n_pairs ? jobs[base + j].n_pairs : 1) * jobs[base + j].n_rows;
-        /* two rows a warp for small batches of moderate size: fewer blocks to launch and fewer table loads */
-        L.rpw = 1; (void)rows; /* two rows a warp (MV_RPW_SMALL) measured no faster on H200 */
+        /* rows a warp at T = 1: DS4_CUDA_MV_RPW (default 2: +1% on H200);
+         * the L2 prefetch (DS4_CUDA_MV_PREFETCH=1) measured 2% slower */
+        static int rpw_env = -1, pf_env = -1;
+        if (rpw_env < 0) {
+            const char *sp = getenv("DS4_CUDA_MV_SPEC");
+            g_mv_spec = !(sp && *sp == '0');
+            const char *e = getenv("DS4_CUDA_MV_RPW");
+            rpw_env = e && atoi(e) >= 1 && atoi(e) <= 8 ? atoi(e) : 2;
+            e = getenv("DS4_CUDA_MV_PREFETCH");
+            pf_env = e && *e == '1';
+        }
+        (void)rows;
+        L.rpw = T == 1 ? (uint32_t)rpw_env : 1;
+        L.prefetch = pf_env;
         uint32_t blocks = 0;
         for (int j = 0; j < L.n_jobs; j++) {
             L.jobs[j] = jobs[base + j];
@@ -522,19 +572,34 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         }
         L.blk0[L.n_jobs] = blocks;
         if (!blocks) continue;
+        /* T = 1 launches whose jobs are all Q8_0 (or Q8_0 and F16) run a
+         * variant capped at 64 registers (4 blocks an SM): +3% decode on
+         * H200; DS4_CUDA_MV_OCC=0 turns it off */
         static int occ = -1;
         if (occ < 0) {
             const char *e = getenv("DS4_CUDA_MV_OCC");
-            occ = e && *e == '1';
+            occ = !(e && *e == '0');
         }
-        if (T == 1 && occ)
-            matvec_kernel<1, true><<<blocks, 256, 0, st>>>(L);
+        uint32_t types = 0;
+        for (int j = 0; j < L.n_jobs; j++) types |= TB(L.jobs[j].w.type);
+        if (T == 1 && occ && g_mv_spec && types == TB(DS4_TYPE_Q8_0))
+            cu_launch(matvec_kernel<1, true, TB(DS4_TYPE_Q8_0)>, blocks, 256, 0, st, L);
+        else if (T == 1 && occ && g_mv_spec && !(types & ~(TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16))))
+            cu_launch(matvec_kernel<1, true, TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16)>, blocks, 256, 0, st, L);
+        else if (T == 1 && g_mv_spec && types == TB(DS4_TYPE_Q8_0))
+            cu_launch(matvec_kernel<1, false, TB(DS4_TYPE_Q8_0)>, blocks, 256, 0, st, L);
+        else if (T == 1 && g_mv_spec && types == TB(DS4_TYPE_IQ2_XXS))
+            cu_launch(matvec_kernel<1, false, TB(DS4_TYPE_IQ2_XXS)>, blocks, 256, 0, st, L);
+        else if (T == 1 && g_mv_spec && types == TB(DS4_TYPE_Q2_K))
+            cu_launch(matvec_kernel<1, false, TB(DS4_TYPE_Q2_K)>, blocks, 256, 0, st, L);
+        else if (T == 1 && g_mv_spec && !(types & ~(TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16))))
+            cu_launch(matvec_kernel<1, false, TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16)>, blocks, 256, 0, st, L);
         else if (T == 1)
-            matvec_kernel<1, false><<<blocks, 256, 0, st>>>(L);
+            cu_launch(matvec_kernel<1, false>, blocks, 256, 0, st, L);
         else if (T <= 4)
-            matvec_kernel<4, false><<<blocks, 256, 0, st>>>(L);
+            cu_launch(matvec_kernel<4, false>, blocks, 256, 0, st, L);
         else
-            matvec_kernel<8, false><<<blocks, 256, 0, st>>>(L);
+            cu_launch(matvec_kernel<8, false>, blocks, 256, 0, st, L);
     }
 }
 
@@ -543,6 +608,8 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
 __global__ void __launch_bounds__(256) moe_mm_kernel(dweight w, const int32_t *cnt, const int32_t *off,
                                                      const int32_t *list, act_view x, uint32_t x_div, float *y,
                                                      uint32_t y_stride, int need_iq2) {
+    pdl_wait();
+    pdl_trigger();
     const uint32_t e = blockIdx.y;
     const int32_t n = cnt[e];
     if (n <= 0) return;
@@ -575,7 +642,7 @@ void cu_moe_mm(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32
                const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride, uint32_t T) {
     if (cu_mma_moe(st, w, n_expert, cnt, off, list, x, x_div, y, y_stride, T)) return;
     dim3 grid((w.n_out + MV_WARPS - 1) / MV_WARPS, n_expert);
-    moe_mm_kernel<<<grid, 256, 0, st>>>(w, cnt, off, list, x, x_div, y, y_stride, w.type == DS4_TYPE_IQ2_XXS);
+    cu_launch(moe_mm_kernel, grid, 256, 0, st, w, cnt, off, list, x, x_div, y, y_stride, w.type == DS4_TYPE_IQ2_XXS);
 }
 
 /* The exact kernel over many tokens: a block walks all T tokens 8 at a time,

@@ -4,7 +4,9 @@
  * prefill chunks send every product with a quantized or F16/BF16 weight here:
  * weight tiles are dequantized to BF16 in shared memory (the CPU
  * dequantizer's values) and multiplied with BF16 activations on tensor cores
- * with f32 sums. Routed experts run as one grid over experts, each block
+ * (mma.sync m16n8k16) with f32 sums, the next slice's weight bytes and
+ * activations in flight during the current slice's MMAs (two-stage pipeline,
+ * see mma_kernel). Routed experts run as one grid over experts, each block
  * gathering its token tile from the expert's sorted pair list (no host sync).
  */
 #include "cuda_internal.cuh"
@@ -34,23 +36,38 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint8_t
 /* ------------------------------------------------------------------------ */
 /* Tensor-core prefill products (T >= cu_mma_min_T tokens).
  *
- * A block computes a 64-row x 64-token tile of y = W x: per 256-wide slice of
- * the row it dequantizes its 64 weight rows (Q8_0 / IQ2_XXS / Q2_K / Q4_K,
- * the CPU's dequantizer arithmetic) into BF16 in shared memory, converts the
- * 64 activation rows (floats) to BF16 next to them, and runs 16 x 16 x 16
- * BF16 WMMA steps with f32 accumulation. Weights are read once per 64 tokens
- * instead of once per 8 and the products run on tensor cores; the numerics
- * are BF16 activations (8-bit mantissa, per element) instead of the CPU's
- * Q8 blocks, so prefill results differ from the CPU by about the CPU's own
- * activation-quantization noise (docs/CUDA.md). Routed experts: blockIdx.z
- * is the expert, the token tile gathers its pairs from the sorted list.
- * F32/F16/BF16 weights and decode keep the exact kernels above. */
-#include <mma.h>
+ * A block computes a 64-row x BN-token tile of y = W x (BN = 32 or 64; 8
+ * warps = 4 row groups of 16 x 2 token halves of BN/2), walking the row in
+ * 128-wide slices with a two-stage pipeline and one __syncthreads a slice:
+ *
+ *   slice s+1: raw weight bytes -> registers (each thread: one row, 32
+ *              weights), activation floats -> shared stage (s+1)&1 by
+ *              cp.async (16-byte pieces, rows of pitch 136 floats)
+ *   slice s:   MMAs on stage s&1 (mma.sync m16n8k16 BF16, f32 sums): weight
+ *              fragments by ldmatrix from the BF16 tile, activation fragments
+ *              as float pairs from the float tile, rounded to BF16 in
+ *              registers (cvt.rn.bf16x2)
+ *   slice s+1: the registers dequantized (the CPU dequantizer's arithmetic)
+ *              into the BF16 weight tile (s+1)&1; wait for the cp.async;
+ *              __syncthreads
+ *
+ * so the global loads of a slice are in flight during the previous slice's
+ * MMAs. Shared memory a block: 2 x (64 x 136 BF16 weights + BN x 136 float
+ * activations) = 69,632 bytes (BN 32, 3 blocks an SM) / 104,448 (BN 64, 2).
+ * Weights are read once per BN tokens; the numerics are BF16 activations (8-bit
+ * mantissa, per element) instead of the CPU's Q8 blocks, so prefill results
+ * differ from the CPU by about the CPU's own activation-quantization noise
+ * (docs/CUDA.md). Routed experts: blockIdx.z is the expert, the token tile
+ * gathers its pairs from the sorted list. F32 weights and decode keep the
+ * exact kernels. */
 
 #define MMA_BM 64
-#define MMA_BK 256
-#define MMA_LD (MMA_BK + 8)  /* bf16 elements per shared row (16-byte pad) */
-#define MMA_CLD (MMA_BM + 4) /* floats per shared output column */
+#define MMA_BK 128            /* row slice a pipeline stage */
+#define MMA_WP (MMA_BK + 8)   /* bf16 a shared weight row: 272 bytes, ldmatrix rows conflict-free */
+#define MMA_XP (MMA_BK + 8)   /* floats a shared activation row: 8 rows x float2 reads conflict-free */
+#define MMA_WSTAGE (MMA_BM * MMA_WP * 2)
+#define MMA_XSTAGE(bn) ((bn) * MMA_XP * 4)
+#define MMA_SMEM_BN(bn) (2 * (MMA_WSTAGE + MMA_XSTAGE(bn)))
 
 static uint32_t g_mma_min_T = 0xffffffffu; /* set on first use from DS4_CUDA_MMA_MIN (default 16; 0 = off) */
 static bool g_mma_forced = false;
@@ -76,7 +93,7 @@ static bool mma_type(int t) {
 }
 
 static bool mma_ok(const dweight &w, const act_view &x) {
-    return mma_type(w.type) && w.n_in % MMA_BK == 0 && x.f && x.stride % 4 == 0 && x.off % 4 == 0 &&
+    return mma_type(w.type) && w.n_in % 256 == 0 && x.f && x.stride % 4 == 0 && x.off % 4 == 0 &&
            ((uintptr_t)x.f & 15) == 0 && ((uintptr_t)w.q & 15) == 0 &&
            (w.type == DS4_TYPE_Q2_K || w.row_bytes % 16 == 0);
 }
@@ -102,146 +119,202 @@ static __device__ __forceinline__ void bytes4_f(uint32_t w, float bias, float *o
     o[3] = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7543)) - c;
 }
 
-static __device__ __forceinline__ void put4(__nv_bfloat16 *o, float a, float b, float c, float d) {
-    const __nv_bfloat162 x = __floats2bfloat162_rn(a, b), y = __floats2bfloat162_rn(c, d);
-    *(uint2 *)o = make_uint2(*(const uint32_t *)&x, *(const uint32_t *)&y);
+static __device__ __forceinline__ uint32_t bf2(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+    return *(const uint32_t *)&v;
 }
 
-/* 64 weights of row `wrow`, super-block slice sb, quarter qd -> BF16 (the
- * CPU dequantizer's values, rounded once to BF16), stored 4 at a time */
-static __device__ __forceinline__ void mma_dequant64(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t qd,
-                                                     __nv_bfloat16 *out, const uint64_t *grid, const uint8_t *signs) {
-    const uint8_t *row = w.q + wrow * w.row_bytes;
-    switch (w.type) {
-    case DS4_TYPE_Q8_0: {
-        const int8_t *q = (const int8_t *)row + (size_t)sb * 256 + qd * 64;
-        const __half *dd = w.d + wrow * (w.n_in / 32) + sb * 8 + qd * 2;
-        const float d0 = __half2float(dd[0]), d1 = __half2float(dd[1]);
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            const uint4 qq = *(const uint4 *)(q + 16 * c);
-            const uint32_t u[4] = {qq.x, qq.y, qq.z, qq.w};
-            const float dc = c < 2 ? d0 : d1;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                float f[4];
-                bytes4_f(u[k] ^ 0x80808080u, 128.0f, f); /* int8 q: q + 128 as unsigned */
-                put4(out + 16 * c + 4 * k, dc * f[0], dc * f[1], dc * f[2], dc * f[3]);
-            }
-        }
-        break;
+/* 8 floats -> 8 BF16, one 16-byte shared store */
+static __device__ __forceinline__ void put8(__nv_bfloat16 *o, const float *f) {
+    *(uint4 *)o = make_uint4(bf2(f[0], f[1]), bf2(f[2], f[3]), bf2(f[4], f[5]), bf2(f[6], f[7]));
+}
+
+/* The raw bytes of 32 weights: row `wrow`, super-block sb (256 weights), 32-
+ * weight piece sub (0..7) = weights [32 sub, 32 sub + 32) of the super-block.
+ * load() issues the global loads (kept in registers across the MMAs), store()
+ * dequantizes them to BF16 (the CPU dequantizer's values, rounded once). */
+template <int TYPE> struct mma_raw;
+
+template <> struct mma_raw<DS4_TYPE_Q8_0> { /* split: 32 int8 + one f16 scale per 32 */
+    uint4 q0, q1;
+    __half d;
+    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
+        const uint4 *q = (const uint4 *)(w.q + wrow * w.row_bytes + (size_t)sb * 256 + sub * 32);
+        q0 = q[0];
+        q1 = q[1];
+        d = w.d[wrow * (w.n_in / 32) + sb * 8 + sub];
     }
-    case DS4_TYPE_IQ2_XXS: {
-        const uint8_t *q = row + (size_t)sb * 64 + qd * 16;
-        const float d = __half2float(w.d[wrow * (w.n_in / 256) + sb]);
-        const uint4 qq = *(const uint4 *)q;
-        const uint32_t aux[4] = {qq.x, qq.y, qq.z, qq.w};
+    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
+        const float dc = __half2float(d);
+        const uint32_t u[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
 #pragma unroll
-        for (int g = 0; g < 2; g++) {
-            const float db = d * (0.5f + (float)(aux[2 * g + 1] >> 28)) * 0.25f;
+        for (int k = 0; k < 8; k += 2) {
+            float f[8];
+            bytes4_f(u[k] ^ 0x80808080u, 128.0f, f); /* int8 q: q + 128 as unsigned */
+            bytes4_f(u[k + 1] ^ 0x80808080u, 128.0f, f + 4);
 #pragma unroll
-            for (int l = 0; l < 4; l++) {
-                const uint64_t gv = grid[(aux[2 * g] >> (8 * l)) & 0xFF];
-                const uint32_t sg = signs[(aux[2 * g + 1] >> (7 * l)) & 127];
-#pragma unroll
-                for (int hh = 0; hh < 2; hh++) {
-                    float f[4];
-                    bytes4_f((uint32_t)(gv >> (32 * hh)), 0.0f, f);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) f[i] *= (sg >> (4 * hh + i)) & 1 ? -db : db;
-                    put4(out + 32 * g + 8 * l + 4 * hh, f[0], f[1], f[2], f[3]);
-                }
-            }
+            for (int i = 0; i < 8; i++) f[i] = dc * f[i];
+            put8(out + 4 * k, f);
         }
-        break;
     }
-    case DS4_TYPE_Q2_K: {
-        const uint8_t *b = row + (size_t)sb * 84;
-        const uint32_t h = qd >> 1, j0 = (qd & 1) * 2;
-        const uint32_t ddm = *(const uint32_t *)(b + 80);
-        const float d = h2f(ddm & 0xffff), dmin = h2f(ddm >> 16);
-        uint32_t qs[8];
+};
+
+template <> struct mma_raw<DS4_TYPE_IQ2_XXS> { /* split: 64 bytes per 256, one f16 scale per 256 */
+    uint2 a;
+    __half d;
+    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
+        a = *(const uint2 *)(w.q + wrow * w.row_bytes + (size_t)sb * 64 + sub * 8);
+        d = w.d[wrow * (w.n_in / 256) + sb];
+    }
+    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *grid, const uint8_t *signs) const {
+        const float db = __half2float(d) * (0.5f + (float)(a.y >> 28)) * 0.25f;
+#pragma unroll
+        for (int l = 0; l < 4; l++) {
+            const uint64_t gv = grid[(a.x >> (8 * l)) & 0xFF];
+            const uint32_t sg = signs[(a.y >> (7 * l)) & 127];
+            float f[8];
+            bytes4_f((uint32_t)gv, 0.0f, f);
+            bytes4_f((uint32_t)(gv >> 32), 0.0f, f + 4);
+#pragma unroll
+            for (int i = 0; i < 8; i++) f[i] *= (sg >> i) & 1 ? -db : db;
+            put8(out + 8 * l, f);
+        }
+    }
+};
+
+template <> struct mma_raw<DS4_TYPE_Q2_K> { /* 84-byte blocks (4-byte aligned): scales[16], qs[64], d, dmin */
+    uint32_t qs[8], scw, ddm, j;
+    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
+        const uint8_t *b = w.q + wrow * w.row_bytes + (size_t)sb * 84;
+        const uint32_t h = sub >> 2; /* weights 128h + 32j + 16half + l: qs[32h + 16half + l] >> 2j, scale 8h + 2j + half */
+        j = sub & 3;
 #pragma unroll
         for (int i = 0; i < 8; i++) qs[i] = *(const uint32_t *)(b + 16 + 32 * h + 4 * i);
-        const uint32_t scw = *(const uint32_t *)(b + 8 * h + 2 * j0); /* scales 8h+2j0 .. +3 */
+        scw = *(const uint32_t *)(b + 8 * h + 4 * (j >> 1)); /* scales 8h + 4(j>>1) .. +3 */
+        ddm = *(const uint32_t *)(b + 80);
+    }
+    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
+        const float d = h2f(ddm & 0xffff), dmin = h2f(ddm >> 16);
 #pragma unroll
-        for (int jj = 0; jj < 2; jj++) {
-            const uint32_t j = j0 + jj;
+        for (int half = 0; half < 2; half++) {
+            const uint32_t sc = byte_of(scw, 2 * (j & 1) + half);
+            const float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
 #pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const uint32_t sc = byte_of(scw, 2 * jj + half);
-                const float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+            for (int k = 0; k < 4; k += 2) {
+                float f[8];
+                bytes4_f((qs[4 * half + k] >> (2 * j)) & 0x03030303u, 0.0f, f);
+                bytes4_f((qs[4 * half + k + 1] >> (2 * j)) & 0x03030303u, 0.0f, f + 4);
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    float f[4];
-                    bytes4_f((qs[4 * half + k] >> (2 * j)) & 0x03030303u, 0.0f, f);
-                    put4(out + 32 * jj + 16 * half + 4 * k, dl * f[0] - ml, dl * f[1] - ml, dl * f[2] - ml,
-                         dl * f[3] - ml);
-                }
+                for (int i = 0; i < 8; i++) f[i] = dl * f[i] - ml;
+                put8(out + 16 * half + 4 * k, f);
             }
         }
-        break;
     }
-    case DS4_TYPE_Q4_K: {
-        const uint8_t *b = row + (size_t)sb * 144;
-        const uint32_t dd = *(const uint32_t *)b;
-        const uint32_t s3[3] = {*(const uint32_t *)(b + 4), *(const uint32_t *)(b + 8), *(const uint32_t *)(b + 12)};
+};
+
+template <> struct mma_raw<DS4_TYPE_Q4_K> { /* 144-byte blocks: d, dmin, scales[12], qs[128] */
+    uint4 q0, q1;
+    uint32_t dd, s3[3], sub;
+    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub_) {
+        const uint8_t *b = w.q + wrow * w.row_bytes + (size_t)sb * 144;
+        sub = sub_; /* weights 64(sub>>1) + 32(sub&1) + l: nibble (sub&1) of qs[32(sub>>1) + l], scale/min sub */
+        const uint4 hd = *(const uint4 *)b;
+        dd = hd.x;
+        s3[0] = hd.y;
+        s3[1] = hd.z;
+        s3[2] = hd.w;
+        q0 = *(const uint4 *)(b + 16 + 32 * (sub >> 1));
+        q1 = *(const uint4 *)(b + 32 + 32 * (sub >> 1));
+    }
+    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
         const float d = h2f(dd & 0xffff), dmin = h2f(dd >> 16);
-        int sc0, m0, sc1, m1;
-        q4k_scale_min(s3, 2 * qd, sc0, m0);
-        q4k_scale_min(s3, 2 * qd + 1, sc1, m1);
-        const float d1 = d * (float)sc0, mm1 = dmin * (float)m0, d2 = d * (float)sc1, mm2 = dmin * (float)m1;
-        const uint4 q0 = *(const uint4 *)(b + 16 + 32 * qd), q1 = *(const uint4 *)(b + 32 + 32 * qd);
+        /* q4k_scale_min with the byte picked by selects (no local array) */
+#define SB(i) ((int)byte_of((i) < 4 ? s3[0] : (i) < 8 ? s3[1] : s3[2], (i) & 3))
+        const int j = (int)sub;
+        const int sc = j < 4 ? SB(j) & 63 : (SB(j + 4) & 0xF) | ((SB(j - 4) >> 6) << 4);
+        const int m = j < 4 ? SB(j + 4) & 63 : (SB(j + 4) >> 4) | ((SB(j) >> 6) << 4);
+#undef SB
+        const float dl = d * (float)sc, ml = dmin * (float)m;
+        const uint32_t sh = 4 * (sub & 1);
         const uint32_t qv[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float lo[4], hi[4];
-            bytes4_f(qv[k] & 0x0f0f0f0fu, 0.0f, lo);
-            bytes4_f((qv[k] >> 4) & 0x0f0f0f0fu, 0.0f, hi);
-            put4(out + 4 * k, d1 * lo[0] - mm1, d1 * lo[1] - mm1, d1 * lo[2] - mm1, d1 * lo[3] - mm1);
-            put4(out + 32 + 4 * k, d2 * hi[0] - mm2, d2 * hi[1] - mm2, d2 * hi[2] - mm2, d2 * hi[3] - mm2);
+        for (int k = 0; k < 8; k += 2) {
+            float f[8];
+            bytes4_f((qv[k] >> sh) & 0x0f0f0f0fu, 0.0f, f);
+            bytes4_f((qv[k + 1] >> sh) & 0x0f0f0f0fu, 0.0f, f + 4);
+#pragma unroll
+            for (int i = 0; i < 8; i++) f[i] = dl * f[i] - ml;
+            put8(out + 4 * k, f);
         }
-        break;
     }
-    case DS4_TYPE_F16: {
-        const uint4 *q = (const uint4 *)(row + ((size_t)sb * 256 + qd * 64) * 2);
+};
+
+template <> struct mma_raw<DS4_TYPE_F16> {
+    uint4 q[4];
+    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
+        const uint4 *p = (const uint4 *)(w.q + wrow * w.row_bytes + ((size_t)sb * 256 + sub * 32) * 2);
 #pragma unroll
-        for (int c = 0; c < 8; c++) {
-            const uint4 qq = q[c];
-            const float2 a0 = __half22float2(*(const __half2 *)&qq.x), a1 = __half22float2(*(const __half2 *)&qq.y);
-            const float2 a2 = __half22float2(*(const __half2 *)&qq.z), a3 = __half22float2(*(const __half2 *)&qq.w);
-            put4(out + 8 * c, a0.x, a0.y, a1.x, a1.y);
-            put4(out + 8 * c + 4, a2.x, a2.y, a3.x, a3.y);
+        for (int c = 0; c < 4; c++) q[c] = p[c];
+    }
+    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const float2 a0 = __half22float2(*(const __half2 *)&q[c].x), a1 = __half22float2(*(const __half2 *)&q[c].y);
+            const float2 a2 = __half22float2(*(const __half2 *)&q[c].z), a3 = __half22float2(*(const __half2 *)&q[c].w);
+            const float f[8] = {a0.x, a0.y, a1.x, a1.y, a2.x, a2.y, a3.x, a3.y};
+            put8(out + 8 * c, f);
         }
-        break;
     }
-    case DS4_TYPE_BF16: {
-        const uint4 *q = (const uint4 *)(row + ((size_t)sb * 256 + qd * 64) * 2);
-        uint4 *o = (uint4 *)out;
+};
+
+template <> struct mma_raw<DS4_TYPE_BF16> {
+    uint4 q[4];
+    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
+        const uint4 *p = (const uint4 *)(w.q + wrow * w.row_bytes + ((size_t)sb * 256 + sub * 32) * 2);
 #pragma unroll
-        for (int c = 0; c < 8; c++) o[c] = q[c];
-        break;
+        for (int c = 0; c < 4; c++) q[c] = p[c];
     }
-    default:
+    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
 #pragma unroll
-        for (int i = 0; i < 64; i += 4) put4(out + i, 0.0f, 0.0f, 0.0f, 0.0f);
+        for (int c = 0; c < 4; c++) ((uint4 *)out)[c] = q[c];
     }
+};
+
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+/* A fragment (16 rows x 16 k, row-major BF16 in shared memory): lanes 0-15
+ * address rows 0-15 at k, lanes 16-31 rows 0-15 at k + 8 */
+static __device__ __forceinline__ void ldsm_x4(uint32_t (&a)[4], const __nv_bfloat16 *p) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                 : "r"(s)
+                 : "memory");
 }
 
-/* BN tokens a block (64, or 128 for dense products of >= 128 tokens: the
- * dequantized tile serves twice the tokens); 8 warps = 4 row groups of 16 x
- * 2 token groups of BN/2. */
-template <int BN>
-__global__ void __launch_bounds__(256, BN == 32 ? 4 : BN == 64 ? 3 : 2) mma_kernel(const __grid_constant__ mma_args A) {
-    using namespace nvcuda;
-    constexpr int NF = BN / 32; /* accumulator fragments a warp */
-    constexpr int XT = BN < 64 ? BN : 64; /* activation rows a pass */
-    constexpr int TPT = 256 / XT, FPT = MMA_BK / TPT; /* threads a row, floats a thread */
+/* c (16 x 8 f32) += a (16 x 16 BF16) b (16 x 8 BF16); registers only (not
+ * volatile: free to be scheduled around the shared loads) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int TYPE, int BN>
+__global__ void __launch_bounds__(256, BN == 32 ? 3 : 2) mma_kernel(const __grid_constant__ mma_args A) {
+    constexpr int NJ = BN / 16;                    /* 8-token fragments a warp (BN/2 tokens) */
+    constexpr int XCH = BN * (MMA_BK / 4) / 256;   /* 16-byte activation pieces a thread a slice */
     extern __shared__ __align__(128) unsigned char smem[];
-    __nv_bfloat16 *Ws = (__nv_bfloat16 *)smem, *Xs = Ws + MMA_BM * MMA_LD;
-    float *Cs = (float *)smem;
-    __shared__ uint64_t s_grid[256];
-    __shared__ uint8_t s_signs[128];
+    __nv_bfloat16 *Ws0 = (__nv_bfloat16 *)smem;                       /* [2][64][MMA_WP] */
+    float *Xs0 = (float *)(smem + 2 * MMA_WSTAGE);                    /* [2][BN][MMA_XP] */
+    __shared__ uint64_t s_grid[TYPE == DS4_TYPE_IQ2_XXS ? 256 : 1];
+    __shared__ uint8_t s_signs[TYPE == DS4_TYPE_IQ2_XXS ? 128 : 1];
     __shared__ uint32_t s_xrow[BN], s_yrow[BN];
     __shared__ int s_n;
     const uint32_t tid = threadIdx.x;
@@ -266,92 +339,131 @@ __global__ void __launch_bounds__(256, BN == 32 ? 4 : BN == 64 ? 3 : 2) mma_kern
         }
         if (tid == 0) s_n = A.T - blockIdx.y * BN < (uint32_t)BN ? (int)(A.T - blockIdx.y * BN) : BN;
     }
-    if (A.w.type == DS4_TYPE_IQ2_XXS) load_iq2_tables(s_grid, s_signs);
+    if (TYPE == DS4_TYPE_IQ2_XXS) load_iq2_tables(s_grid, s_signs);
     __syncthreads();
     const int n = s_n;
     const uint32_t r0 = blockIdx.x * MMA_BM;
-    const uint32_t lr = tid >> 2, qd = tid & 3;
+    const uint32_t lr = tid >> 2, qd = tid & 3; /* dequant: row lr, weights [32 qd, 32 qd + 32) of the slice */
     const bool rvalid = r0 + lr < A.n_rows;
     const uint64_t wrow = wrow0 + r0 + (rvalid ? lr : 0);
-    const int warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NF];
+    const uint32_t lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
+    const uint32_t g = lane >> 2, t4 = lane & 3;
+    const uint32_t nsl = A.w.n_in / MMA_BK;
+
+    /* activation pieces of slice s into stage b: piece c = tid + 256 i is row
+     * c / 32, floats 4 (c % 32) .. +3; rows >= n are left as they are (their
+     * token columns are never stored) */
+    auto issue_x = [&](uint32_t s, int b) {
+        float *xd = Xs0 + b * (BN * MMA_XP);
 #pragma unroll
-    for (int f = 0; f < NF; f++) wmma::fill_fragment(acc[f], 0.0f);
-    const uint32_t nsb = A.w.n_in / MMA_BK;
-    for (uint32_t sb = 0; sb < nsb; sb++) {
-        __syncthreads();
-        __nv_bfloat16 *wd = Ws + lr * MMA_LD + qd * 64;
-        if (rvalid) mma_dequant64(A.w, wrow, sb, qd, wd, s_grid, s_signs);
+        for (int i = 0; i < XCH; i++) {
+            const uint32_t c = tid + 256 * i, t = c >> 5, p = c & 31;
+            if ((int)t < n)
+                cp_async16(xd + t * MMA_XP + 4 * p,
+                           A.x.f + (size_t)s_xrow[t] * A.x.stride + A.x.off + (size_t)s * MMA_BK + 4 * p);
+        }
+        cp_async_commit();
+    };
+    auto store_w = [&](const mma_raw<TYPE> &raw, int b) {
+        __nv_bfloat16 *wd = Ws0 + b * (MMA_BM * MMA_WP) + lr * MMA_WP + qd * 32;
+        if (rvalid) raw.store(wd, s_grid, s_signs);
         else
-            for (int i = 0; i < 64; i += 4) put4(wd + i, 0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-        for (int pass = 0; pass < BN / XT; pass++) {
-            const uint32_t t = tid / TPT + XT * pass, part = tid % TPT;
-            __nv_bfloat16 *xd = Xs + t * MMA_LD + part * FPT;
-            if ((int)t < n) {
-                const float4 *xs4 = (const float4 *)(A.x.f + (size_t)s_xrow[t] * A.x.stride + A.x.off + part * FPT +
-                                                     (size_t)sb * MMA_BK);
-                float4 f[FPT / 4];
+            for (int i = 0; i < 4; i++) ((uint4 *)wd)[i] = make_uint4(0, 0, 0, 0);
+    };
+
+    float acc[NJ][4];
 #pragma unroll
-                for (int i = 0; i < FPT / 4; i++) f[i] = xs4[i];
-#pragma unroll
-                for (int i = 0; i < FPT / 4; i++) put4(xd + 4 * i, f[i].x, f[i].y, f[i].z, f[i].w);
-            } else {
-#pragma unroll
-                for (int i = 0; i < FPT / 8; i++) ((uint4 *)xd)[i] = make_uint4(0, 0, 0, 0);
-            }
+    for (int j = 0; j < NJ; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+
+    mma_raw<TYPE> raw;
+    if (rvalid) raw.load(A.w, wrow, 0, qd);
+    issue_x(0, 0);
+    store_w(raw, 0);
+    cp_async_wait_all();
+    __syncthreads();
+
+    for (uint32_t s = 0; s < nsl; s++) {
+        const int b = s & 1;
+        const bool more = s + 1 < nsl;
+        if (more) {
+            if (rvalid) raw.load(A.w, wrow, (s + 1) >> 1, 4 * ((s + 1) & 1) + qd);
+            issue_x(s + 1, b ^ 1);
         }
-        __syncthreads();
-#pragma unroll 2
+        const __nv_bfloat16 *Wb = Ws0 + b * (MMA_BM * MMA_WP) + (16 * wr + (lane & 15)) * MMA_WP + 8 * (lane >> 4);
+        const float *Xb = Xs0 + b * (BN * MMA_XP) + (wc * (BN / 2) + g) * MMA_XP + 2 * t4;
+#pragma unroll 4
         for (int kk = 0; kk < MMA_BK / 16; kk++) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-            wmma::load_matrix_sync(a, Ws + (16 * wr) * MMA_LD + 16 * kk, MMA_LD);
+            uint32_t a[4];
+            ldsm_x4(a, Wb + 16 * kk);
 #pragma unroll
-            for (int f = 0; f < NF; f++) {
-                if (wc * (BN / 2) + 16 * f >= n) break; /* all-zero token columns */
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
-                wmma::load_matrix_sync(b, Xs + (wc * (BN / 2) + 16 * f) * MMA_LD + 16 * kk, MMA_LD);
-                wmma::mma_sync(acc[f], a, b, acc[f]);
+            for (int j = 0; j < NJ; j++) {
+                if ((int)(wc * (BN / 2) + 8 * j) >= n) break; /* token columns past the tile's pairs */
+                const float2 v0 = *(const float2 *)(Xb + 8 * j * MMA_XP + 16 * kk);
+                const float2 v1 = *(const float2 *)(Xb + 8 * j * MMA_XP + 16 * kk + 8);
+                mma16816(acc[j], a, bf2(v0.x, v0.y), bf2(v1.x, v1.y));
             }
         }
+        if (more) store_w(raw, b ^ 1);
+        cp_async_wait_all();
+        __syncthreads();
     }
-    __syncthreads();
+
+    /* c0, c1: row g, tokens 2 t4, +1; c2, c3: row g + 8 */
+    const uint32_t ra = r0 + 16 * wr + g, rb = ra + 8;
 #pragma unroll
-    for (int f = 0; f < NF; f++)
-        wmma::store_matrix_sync(Cs + (wc * (BN / 2) + 16 * f) * MMA_CLD + 16 * wr, acc[f], MMA_CLD, wmma::mem_col_major);
-    __syncthreads();
-    for (uint32_t i = tid; i < (uint32_t)BN * MMA_BM; i += 256) {
-        const uint32_t t = i / MMA_BM, m = i % MMA_BM;
-        if ((int)t < n && r0 + m < A.n_rows) A.y[(size_t)s_yrow[t] * A.y_stride + r0 + m] = Cs[t * MMA_CLD + m];
+    for (int j = 0; j < NJ; j++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int t = (int)(wc * (BN / 2) + 8 * j + 2 * t4 + e);
+            if (t >= n) continue;
+            float *yt = A.y + (size_t)s_yrow[t] * A.y_stride;
+            if (ra < A.n_rows) yt[ra] = acc[j][e];
+            if (rb < A.n_rows) yt[rb] = acc[j][2 + e];
+        }
     }
 }
-
-#define MMA_SMEM_BN(bn) (((MMA_BM + (bn)) * MMA_LD * 2) > ((bn) * MMA_CLD * 4) ? ((MMA_BM + (bn)) * MMA_LD * 2) : ((bn) * MMA_CLD * 4))
 
 static uint32_t g_mma_moe_bn = 0; /* tests: force the expert tile (32 or 64); 0: by pairs per expert */
 void cu_mma_set_moe_bn(uint32_t bn) { g_mma_moe_bn = bn; }
 
+template <int TYPE> static void mma_attr(void) {
+    cudaFuncSetAttribute(mma_kernel<TYPE, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(32));
+    cudaFuncSetAttribute(mma_kernel<TYPE, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(64));
+}
+
+template <int TYPE> static void mma_go(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert, bool bn32) {
+    if (bn32)
+        mma_kernel<TYPE, 32><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 31) / 32, n_expert), 256, MMA_SMEM_BN(32), st>>>(A);
+    else
+        mma_kernel<TYPE, 64><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 63) / 64, n_expert), 256, MMA_SMEM_BN(64), st>>>(A);
+}
+
 static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert) {
     static bool attr = false;
     if (!attr) {
-        cudaFuncSetAttribute(mma_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(32));
+        mma_attr<DS4_TYPE_Q8_0>();
+        mma_attr<DS4_TYPE_IQ2_XXS>();
+        mma_attr<DS4_TYPE_Q2_K>();
+        mma_attr<DS4_TYPE_Q4_K>();
+        mma_attr<DS4_TYPE_F16>();
+        mma_attr<DS4_TYPE_BF16>();
         const char *e = getenv("DS4_CUDA_MMA_MOE_BN"); /* 32 / 64: the expert tile, for measurements */
         if (e && *e && !g_mma_moe_bn) g_mma_moe_bn = (uint32_t)atoi(e);
-        cudaFuncSetAttribute(mma_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(64));
-        cudaFuncSetAttribute(mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(128));
         attr = true;
     }
-    /* 128-token tiles only where the grid still fills the card (~2 blocks an SM) */
-    const uint32_t tiles128 = ((n_rows + MMA_BM - 1) / MMA_BM) * ((T + 127) / 128);
     /* experts with few pairs each (T <= 4 x experts: ~24 pairs at top-6):
-     * 32-token tiles, 4 blocks an SM */
-    const bool moe32 = A.list && (g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert);
-    if (moe32)
-        mma_kernel<32><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 31) / 32, n_expert), 256, MMA_SMEM_BN(32), st>>>(A);
-    else if (!A.list && T >= 128 && tiles128 >= 264)
-        mma_kernel<128><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 127) / 128, n_expert), 256, MMA_SMEM_BN(128), st>>>(A);
-    else
-        mma_kernel<64><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 63) / 64, n_expert), 256, MMA_SMEM_BN(64), st>>>(A);
+     * 32-token tiles (3 blocks an SM); dense products and fuller experts: 64 */
+    const bool bn32 = A.list && (g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert);
+    switch (A.w.type) {
+    case DS4_TYPE_Q8_0: mma_go<DS4_TYPE_Q8_0>(st, A, n_rows, T, n_expert, bn32); break;
+    case DS4_TYPE_IQ2_XXS: mma_go<DS4_TYPE_IQ2_XXS>(st, A, n_rows, T, n_expert, bn32); break;
+    case DS4_TYPE_Q2_K: mma_go<DS4_TYPE_Q2_K>(st, A, n_rows, T, n_expert, bn32); break;
+    case DS4_TYPE_Q4_K: mma_go<DS4_TYPE_Q4_K>(st, A, n_rows, T, n_expert, bn32); break;
+    case DS4_TYPE_F16: mma_go<DS4_TYPE_F16>(st, A, n_rows, T, n_expert, bn32); break;
+    case DS4_TYPE_BF16: mma_go<DS4_TYPE_BF16>(st, A, n_rows, T, n_expert, bn32); break;
+    default: break;
+    }
 }
 
 bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,

@@ -133,11 +133,14 @@ static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f
 #define HCM_CHUNK 1024
 
 uint32_t cu_hc_splits(uint32_t CE) { return (CE + HCM_CHUNK - 1) / HCM_CHUNK; }
+static __device__ __forceinline__ uint32_t cu_hc_splits_dev(uint32_t CE) { return (CE + HCM_CHUNK - 1) / HCM_CHUNK; }
 
 /* Partial dots of fn rows with 1024-value slices of R (and partial sums of
  * squares): [T][M][S] floats, then [T][S] doubles after them. Many small
  * blocks, four independent loads per thread: bandwidth, not latency. */
 __global__ void hc_mix_part_kernel(dweight fn, const float *R, uint32_t CE, uint32_t M, uint32_t S, float *part) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ double red[32];
     const uint32_t m = blockIdx.x, sp = blockIdx.y, t = blockIdx.z;
     const float *Rt = R + (size_t)t * CE;
@@ -162,46 +165,44 @@ __global__ void hc_mix_part_kernel(dweight fn, const float *R, uint32_t CE, uint
     }
 }
 
-size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t CE) {
-    const size_t S = cu_hc_splits(CE);
+/* partials: [T][M][S] floats, then [T][S] doubles (sums of squares), S the
+ * larger of the two producers' slice counts (cu_hc_mix: 1024-value slices of
+ * C*E; hc_post with the next mix fused: HCP_COLS columns of E) */
+#define HCP_BLOCK 256 /* threads of hc_post_kernel */
+#define HCP_COLS 64   /* columns of E a hc_post block updates */
+#define HCP_FN_SMEM (96 * 1024) /* most shared memory for hc_post's fn tile */
+uint32_t cu_hc_post_splits(uint32_t E) { return (E + HCP_COLS - 1) / HCP_COLS; }
+size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t C, uint32_t E) {
+    const size_t S1 = cu_hc_splits(C * E), S2 = cu_hc_post_splits(E), S = S1 > S2 ? S1 : S2;
     return (((size_t)T * M * S + 1) & ~(size_t)1) + 2 * (size_t)T * S;
 }
 
-void cu_hc_mix(cudaStream_t st, const dweight &fn, const float *R, uint32_t T, uint32_t CE, float rms_eps, float *part) {
+uint32_t cu_hc_mix(cudaStream_t st, const dweight &fn, const float *R, uint32_t T, uint32_t CE, float rms_eps,
+                   float *part) {
     (void)rms_eps;
     const uint32_t S = cu_hc_splits(CE);
     dim3 grid(fn.n_out, S, T);
-    hc_mix_part_kernel<<<grid, 256, 0, st>>>(fn, R, CE, fn.n_out, S, part);
+    cu_launch(hc_mix_part_kernel, grid, 256, 0, st, fn, R, CE, fn.n_out, S, part);
+    return S;
 }
 
-/* mix[m] of token t from the partials, one thread per m (all threads of the
- * block call it; the result is in mix[] after a barrier) */
-static __device__ void hc_mix_finish(const float *part, uint32_t T, uint32_t M, uint32_t CE, float eps, uint32_t t,
-                                     float *mix) {
-    __shared__ float s_scale;
-    const uint32_t S = (CE + HCM_CHUNK - 1) / HCM_CHUNK;
+/* mix[m] of token t from the partials: warp w sums the S slices of rows
+ * m = w, w + nw, ... (and row M: the sums of squares) in double; every
+ * thread of the block calls it, the result is in mix[] after a barrier */
+#define HC_MIX_MAX 80 /* (2 + HC_MAX) * HC_MAX */
+static __device__ void hc_mix_finish(const float *part, uint32_t T, uint32_t M, uint32_t S, uint32_t CE, float eps,
+                                     uint32_t t, float *mix) {
+    __shared__ double s_d[HC_MIX_MAX + 1];
+    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const double *ssp = (const double *)(part + (((size_t)T * M * S + 1) & ~(size_t)1));
-    __shared__ double s_ss[64];
-    if (S <= 64)
-        for (uint32_t sp = threadIdx.x; sp < S; sp += blockDim.x) s_ss[sp] = ssp[(size_t)t * S + sp];
-    __syncthreads();
-    if (threadIdx.x == 32 * ((M + 31) / 32)) {
-        double ss = 0;
-        for (uint32_t sp = 0; sp < S; sp++) ss += S <= 64 ? s_ss[sp] : ssp[(size_t)t * S + sp];
-        s_scale = (float)(1.0 / sqrt(ss / CE + (double)eps));
+    for (uint32_t m = wid; m <= M; m += nw) {
+        double d = 0;
+        for (uint32_t sp = lane; sp < S; sp += 32) d += m < M ? (double)part[((size_t)t * M + m) * S + sp] : ssp[(size_t)t * S + sp];
+        d = warp_sum_d(d);
+        if (lane == 0) s_d[m] = d;
     }
-    __shared__ float s_part[1024];
-    /* all partials loaded at once (M*S <= 1024 here), then summed in order */
-    const bool fits = M * S <= 1024;
-    if (fits)
-        #pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < M * S; i += blockDim.x) s_part[i] = part[(size_t)t * M * S + i];
     __syncthreads();
-    double d = 0;
-    if (threadIdx.x < M)
-        for (uint32_t sp = 0; sp < S; sp++) d += fits ? s_part[threadIdx.x * S + sp] : part[((size_t)t * M + threadIdx.x) * S + sp];
-    __syncthreads();
-    if (threadIdx.x < M) mix[threadIdx.x] = (float)d * s_scale;
+    if (threadIdx.x < M) mix[threadIdx.x] = (float)s_d[threadIdx.x] * (float)(1.0 / sqrt(s_d[M] / CE + (double)eps));
     __syncthreads();
 }
 
@@ -274,24 +275,37 @@ static __device__ void hc_split_warp(const float *mix, const float *scale, const
     if (in) comb[lane] = v;
 }
 
+/* blockIdx.y 0: mix, pre weights, x = Σ pre R, RMSNorm, quantized forms;
+ * blockIdx.y 1: mix and the Sinkhorn split (post, comb) — a latency-bound
+ * chain on one warp that now runs beside the collapse instead of before it.
+ * Both blocks compute the pre weights with the same arithmetic. */
 __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const float *R, uint32_t E,
                               const float *norm, float eps, float *pre, float *post, float *comb, dact out) {
+    if (norm && blockIdx.y == 0 && threadIdx.x == 0)
+        l2_prefetch((const uint8_t *)norm, (size_t)E * 4, (const uint8_t *)norm, (const uint8_t *)(norm + E));
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_x[];
     __shared__ float s_pre[HC_MAX], s_post[HC_MAX], s_comb[HC_MAX * HC_MAX], s_mix[(2 + HC_MAX) * HC_MAX];
     __shared__ double red[32];
     const uint32_t t = blockIdx.x, C = hp.C, M = (2 + C) * C;
-    hc_mix_finish(part, T, M, C * E, eps, t, s_mix);
-    if (C * C <= 32) {
-        if (threadIdx.x < 32) hc_split_warp(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
-    } else if (threadIdx.x == 0) {
-        hc_split_dev(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
+    hc_mix_finish(part, T, M, hp.S ? hp.S : cu_hc_splits_dev(C * E), C * E, eps, t, s_mix);
+    if (blockIdx.y == 1) {
+        if (C * C <= 32) {
+            if (threadIdx.x < 32) hc_split_warp(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
+        } else if (threadIdx.x == 0) {
+            hc_split_dev(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
+        }
+        __syncthreads();
+        if (threadIdx.x < C) {
+            pre[t * C + threadIdx.x] = s_pre[threadIdx.x];
+            post[t * C + threadIdx.x] = s_post[threadIdx.x];
+        }
+        if (threadIdx.x < C * C) comb[(size_t)t * C * C + threadIdx.x] = s_comb[threadIdx.x];
+        return;
     }
+    if (threadIdx.x < C) s_pre[threadIdx.x] = sigmoidf_(s_mix[threadIdx.x] * hp.scale[0] + hp.base[threadIdx.x]) + hp.eps;
     __syncthreads();
-    if (threadIdx.x < C) {
-        pre[t * C + threadIdx.x] = s_pre[threadIdx.x];
-        post[t * C + threadIdx.x] = s_post[threadIdx.x];
-    }
-    if (threadIdx.x < C * C) comb[(size_t)t * C * C + threadIdx.x] = s_comb[threadIdx.x];
     const float *Rt = R + (size_t)t * C * E;
     #pragma unroll 4
     for (uint32_t e = threadIdx.x; e < E; e += blockDim.x) {
@@ -315,38 +329,130 @@ __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const
 
 void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const float *R, uint32_t T, uint32_t E,
                const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out) {
-    hc_pre_kernel<<<T, 1024, E * sizeof(float), st>>>(hp, part, T, R, E, norm, rms_eps, pre, post, comb, out);
+    cu_launch(hc_pre_kernel, dim3(T, 2), 1024, E * sizeof(float), st, hp, part, T, R, E, norm, rms_eps, pre, post, comb, out);
 }
 
-__global__ void hc_post_kernel(float *R, const float *y, const float *post, const float *comb, uint32_t C, uint32_t E) {
-    const uint32_t t = blockIdx.y, e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= E) return;
+/* R = post y + comb^T R on HCP_COLS columns e of a token. With fn.q set it
+ * also forms the next hyper-connection's mix partials from the new R (what
+ * cu_hc_mix would compute, sliced by these column blocks): one launch and one
+ * read of R fewer per hyper-connection. The old columns go through shared
+ * memory first (a column's new values need all C old ones); then warps dot
+ * fn rows with the new columns, one warp reduction per row. */
+__global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const float *y, const float *post,
+                                                            const float *comb, uint32_t C, uint32_t E, dweight fn,
+                                                            float *part, uint32_t fn_es) {
+    /* fn_es (2 or 4: F16/BF16 or F32 bytes an element; 0: read fn from
+     * global below): the block's fn tile [M][C][HCP_COLS] is copied to
+     * shared memory before pdl_wait, under the previous kernel's tail */
+    extern __shared__ __align__(16) unsigned char s_fn[];
+    if (fn_es) {
+        const uint32_t e0_ = blockIdx.x * HCP_COLS, ncol_ = E - e0_ < HCP_COLS ? E - e0_ : HCP_COLS;
+        const uint32_t cps = HCP_COLS * fn_es / 16, nseg = fn.n_out * C; /* 16-byte chunks a segment */
+        for (uint32_t i = threadIdx.x; i < nseg * cps; i += HCP_BLOCK) {
+            const uint32_t sg = i / cps, k = i % cps, m = sg / C, b = sg % C;
+            if (k * 16 / fn_es >= ncol_) continue;
+            const uint8_t *src = fn.q + (size_t)m * fn.row_bytes + ((size_t)b * E + e0_) * fn_es + 16 * k;
+            const uint32_t dst = (uint32_t)__cvta_generic_to_shared(s_fn + (size_t)sg * HCP_COLS * fn_es + 16 * k);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float s_old[HC_MAX][HCP_COLS], s_new[HC_MAX][HCP_COLS];
+    __shared__ double s_dot[HC_MIX_MAX + 1];
+    const uint32_t t = blockIdx.y, e0 = blockIdx.x * HCP_COLS, ncol = E - e0 < HCP_COLS ? E - e0 : HCP_COLS;
     float *Rt = R + (size_t)t * C * E;
+    for (uint32_t i = threadIdx.x; i < C * HCP_COLS; i += HCP_BLOCK) {
+        const uint32_t a = i / HCP_COLS, c = i % HCP_COLS;
+        s_old[a][c] = c < ncol ? Rt[a * E + e0 + c] : 0.0f;
+    }
+    __syncthreads();
     const float *cb = comb + (size_t)t * C * C;
-    float old[HC_MAX];
+    for (uint32_t i = threadIdx.x; i < C * HCP_COLS; i += HCP_BLOCK) {
+        const uint32_t b = i / HCP_COLS, c = i % HCP_COLS;
+        float s = c < ncol ? post[t * C + b] * y[(size_t)t * E + e0 + c] : 0.0f;
+        for (uint32_t a = 0; a < C; a++) s += cb[a * C + b] * s_old[a][c];
+        if (c < ncol) Rt[b * E + e0 + c] = s;
+        s_new[b][c] = c < ncol ? s : 0.0f;
+    }
+    if (!fn.q) return;
+    if (fn_es) asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
+    const uint32_t M = fn.n_out, S = gridDim.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    for (uint32_t m = wid; m <= M; m += HCP_BLOCK / 32) {
+        double dd = 0;
+        if (m < M) {
+            float w[HC_MAX][HCP_COLS / 32];
 #pragma unroll
-    for (uint32_t a = 0; a < HC_MAX; a++)
-        if (a < C) old[a] = Rt[a * E + e];
-    const float yv = y[(size_t)t * E + e];
-    for (uint32_t b = 0; b < C; b++) {
-        float s = post[t * C + b] * yv;
+            for (uint32_t b = 0; b < HC_MAX; b++)
 #pragma unroll
-        for (uint32_t a = 0; a < HC_MAX; a++)
-            if (a < C) s += cb[a * C + b] * old[a];
-        Rt[b * E + e] = s;
+                for (uint32_t k = 0; k < HCP_COLS / 32; k++) {
+                    const uint32_t c = lane + 32 * k;
+                    if (!(b < C && c < ncol)) w[b][k] = 0.0f;
+                    else if (fn_es) {
+                        const unsigned char *t = s_fn + ((size_t)m * C + b) * HCP_COLS * fn_es;
+                        w[b][k] = fn_es == 4 ? ((const float *)t)[c]
+                                  : fn.type == DS4_TYPE_BF16 ? bf2f(((const uint16_t *)t)[c])
+                                                             : h2f(((const uint16_t *)t)[c]);
+                    } else
+                        w[b][k] = dw_elem(fn, m, b * E + e0 + c);
+                }
+            float d = 0;
+#pragma unroll
+            for (uint32_t b = 0; b < HC_MAX; b++)
+#pragma unroll
+                for (uint32_t k = 0; k < HCP_COLS / 32; k++)
+                    if (b < C) d += w[b][k] * s_new[b][lane + 32 * k];
+            dd = d;
+        } else {
+            for (uint32_t b = 0; b < C; b++)
+                for (uint32_t k = 0; k < HCP_COLS / 32; k++) dd += (double)s_new[b][lane + 32 * k] * s_new[b][lane + 32 * k];
+        }
+        dd = warp_sum_d(dd);
+        if (lane == 0) s_dot[m] = dd;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) part[((size_t)t * M + threadIdx.x) * S + blockIdx.x] = (float)s_dot[threadIdx.x];
+    else if (threadIdx.x == M) {
+        double *ssp = (double *)(part + (((size_t)gridDim.y * M * S + 1) & ~(size_t)1));
+        ssp[(size_t)t * S + blockIdx.x] = s_dot[M];
     }
 }
 
-void cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
-                uint32_t C, uint32_t E) {
-    dim3 grid((E + 255) / 256, T);
-    hc_post_kernel<<<grid, 256, 0, st>>>(R, y, post, comb, C, E);
+uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
+                    uint32_t C, uint32_t E, const dweight *next_fn, float *part) {
+    dweight none;
+    memset(&none, 0, sizeof none);
+    const bool mix = next_fn && next_fn->q && next_fn->n_out <= HC_MIX_MAX && part;
+    dim3 grid(cu_hc_post_splits(E), T);
+    /* the fn tile through shared memory when its rows allow 16-byte copies */
+    uint32_t es = 0;
+    if (mix) {
+        const int ty = next_fn->type;
+        const uint32_t e = ty == DS4_TYPE_F32 ? 4 : ty == DS4_TYPE_F16 || ty == DS4_TYPE_BF16 ? 2 : 0;
+        const size_t bytes = (size_t)next_fn->n_out * C * HCP_COLS * e;
+        if (e && next_fn->row_bytes % 16 == 0 && (E * e) % 16 == 0 && ((uintptr_t)next_fn->q & 15) == 0 &&
+            bytes <= HCP_FN_SMEM)
+            es = e;
+    }
+    static bool attr = false;
+    if (!attr) {
+        cudaFuncSetAttribute(hc_post_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, HCP_FN_SMEM);
+        attr = true;
+    }
+    const size_t smem = es ? (size_t)next_fn->n_out * C * HCP_COLS * es : 0;
+    cu_launch(hc_post_kernel, grid, HCP_BLOCK, smem, st, R, y, post, comb, C, E, mix ? *next_fn : none,
+              mix ? part : NULL, es);
+    return mix ? grid.x : 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* norms, heads, KV rows */
 
 __global__ void rmsnorm_kernel(const float *x, dact out, const float *w, uint32_t n, float eps) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_row[];
     __shared__ double red[32];
     const size_t o = (size_t)blockIdx.x * n;
@@ -361,11 +467,13 @@ __global__ void rmsnorm_kernel(const float *x, dact out, const float *w, uint32_
 }
 
 void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps) {
-    rmsnorm_kernel<<<rows, 256, n * sizeof(float), st>>>(x, out, w, n, eps);
+    cu_launch(rmsnorm_kernel, rows, 256, n * sizeof(float), st, x, out, w, n, eps);
 }
 
 __global__ void head_post_kernel(float *x, uint32_t H, uint32_t D, uint32_t n_rot, const float *inv_freq,
                                  const int64_t *pos0, int norm, float eps, int inverse, int had) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_row[];
     __shared__ double red[32];
     const uint32_t t = blockIdx.x / H;
@@ -385,13 +493,15 @@ __global__ void head_post_kernel(float *x, uint32_t H, uint32_t D, uint32_t n_ro
 
 void cu_head_post(cudaStream_t st, float *x, uint32_t T, uint32_t H, uint32_t D, uint32_t n_rot, const float *inv_freq,
                   const int64_t *pos0, bool norm, float eps, bool inverse, bool hadamard_fp4) {
-    head_post_kernel<<<T * H, 128, D * sizeof(float), st>>>(x, H, D, n_rot, inv_freq, pos0, norm, eps, inverse,
+    cu_launch(head_post_kernel, T * H, 128, D * sizeof(float), st, x, H, D, n_rot, inv_freq, pos0, norm, eps, inverse,
                                                             hadamard_fp4);
 }
 
 __global__ void kv_store_kernel(const float *kv, uint32_t D, const float *norm, float eps, uint32_t n_rot,
                                 const float *inv_freq, const int64_t *pos0, int fp8, int f16, float *raw,
                                 uint32_t raw_cap) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_row[];
     __shared__ double red[32];
     const uint32_t t = blockIdx.x;
@@ -410,7 +520,7 @@ __global__ void kv_store_kernel(const float *kv, uint32_t D, const float *norm, 
 
 void cu_kv_store(cudaStream_t st, const float *kv, uint32_t T, uint32_t D, const float *norm, float eps, uint32_t n_rot,
                  const float *inv_freq, const int64_t *pos0, bool fp8, bool f16, float *raw, uint32_t raw_cap) {
-    kv_store_kernel<<<T, 128, D * sizeof(float), st>>>(kv, D, norm, eps, n_rot, inv_freq, pos0, fp8, f16, raw, raw_cap);
+    cu_launch(kv_store_kernel, T, 128, D * sizeof(float), st, kv, D, norm, eps, n_rot, inv_freq, pos0, fp8, f16, raw, raw_cap);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -424,6 +534,8 @@ static __device__ __forceinline__ float softplusf_(float x) {
 
 __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
                              const float *bias, int norm, float scale, int32_t *ids, float *wts) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_prob[]; /* [X] prob, [X] prob+bias */
     float *s_val = s_prob + X;
     __shared__ int s_ids[ROUTE_MAX_K];
@@ -478,10 +590,12 @@ __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const 
 
 void cu_route(cudaStream_t st, const float *logits, uint32_t T, uint32_t X, uint32_t K, const int32_t *tokens,
               const int32_t *tid2eid, const float *bias, bool norm, float scale, int32_t *ids, float *wts) {
-    route_kernel<<<T, 256, 2 * X * sizeof(float), st>>>(logits, X, K, tokens, tid2eid, bias, norm, scale, ids, wts);
+    cu_launch(route_kernel, T, 256, 2 * X * sizeof(float), st, logits, X, K, tokens, tid2eid, bias, norm, scale, ids, wts);
 }
 
 __global__ void swiglu_kernel(const float *g, const float *u, const float *wts, uint32_t F, float c, dact h) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_row[];
     const uint32_t r = blockIdx.x;
     const float w = wts ? wts[r] : 1.0f;
@@ -500,10 +614,12 @@ __global__ void swiglu_kernel(const float *g, const float *u, const float *wts, 
 
 void cu_swiglu(cudaStream_t st, const float *g, const float *u, const float *wts, uint32_t rows, uint32_t F, float c,
                dact &h) {
-    swiglu_kernel<<<rows, 512, F * sizeof(float), st>>>(g, u, wts, F, c, h);
+    cu_launch(swiglu_kernel, rows, 512, F * sizeof(float), st, g, u, wts, F, c, h);
 }
 
 __global__ void moe_sum_kernel(const float *ysh, const float *ye, const int32_t *ids, uint32_t K, uint32_t E, float *y) {
+    pdl_wait();
+    pdl_trigger();
     const uint32_t t = blockIdx.y, e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
     /* pairs of this token in (expert id, k) order: the CPU's accumulation order */
@@ -524,10 +640,12 @@ __global__ void moe_sum_kernel(const float *ysh, const float *ye, const int32_t 
 void cu_moe_sum(cudaStream_t st, const float *ysh, const float *ye, const int32_t *ids, uint32_t T, uint32_t K,
                 uint32_t E, float *y) {
     dim3 grid((E + 255) / 256, T);
-    moe_sum_kernel<<<grid, 256, 0, st>>>(ysh, ye, ids, K, E, y);
+    cu_launch(moe_sum_kernel, grid, 256, 0, st, ysh, ye, ids, K, E, y);
 }
 
 __global__ void moe_count_kernel(const int32_t *ids, uint32_t n, int32_t *cnt) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ int s_c[32];
     const int e = blockIdx.x;
     int c = 0;
@@ -544,6 +662,8 @@ __global__ void moe_count_kernel(const int32_t *ids, uint32_t n, int32_t *cnt) {
 }
 
 __global__ void moe_scatter_kernel(const int32_t *ids, uint32_t n, const int32_t *cnt, int32_t *off, int32_t *list) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ int s_w[32];
     __shared__ int s_base;
     const int e = blockIdx.x;
@@ -575,22 +695,25 @@ __global__ void moe_scatter_kernel(const int32_t *ids, uint32_t n, const int32_t
 
 void cu_moe_sort(cudaStream_t st, const int32_t *ids, uint32_t n_pairs, uint32_t X, int32_t *cnt, int32_t *off,
                  int32_t *list) {
-    moe_count_kernel<<<X, 256, 0, st>>>(ids, n_pairs, cnt);
-    moe_scatter_kernel<<<X, 256, 0, st>>>(ids, n_pairs, cnt, off, list);
+    cu_launch(moe_count_kernel, X, 256, 0, st, ids, n_pairs, cnt);
+    cu_launch(moe_scatter_kernel, X, 256, 0, st, ids, n_pairs, cnt, off, list);
 }
 
 /* ------------------------------------------------------------------------ */
 /* output head */
 
-__global__ void head_finish_kernel(const float *part, uint32_t T, const float *scale, const float *base, const float *R,
-                                   uint32_t C, uint32_t E, float eps, float hc_eps, const float *norm, dact x) {
+__global__ void head_finish_kernel(const float *part, uint32_t T, uint32_t S, const float *scale, const float *base,
+                                   const float *R, uint32_t C, uint32_t E, float eps, float hc_eps, const float *norm,
+                                   dact x) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float s_x[];
     __shared__ double red[32];
     __shared__ float s_w[HC_MAX];
     const uint32_t t = blockIdx.x;
     const float *Rt = R + (size_t)t * C * E;
     __shared__ float s_mix[HC_MAX];
-    hc_mix_finish(part, T, C, C * E, eps, t, s_mix);
+    hc_mix_finish(part, T, C, S, C * E, eps, t, s_mix);
     if (threadIdx.x < C) s_w[threadIdx.x] = sigmoidf_(s_mix[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     __syncthreads();
     #pragma unroll 4
@@ -608,15 +731,19 @@ __global__ void head_finish_kernel(const float *part, uint32_t T, const float *s
 }
 
 void cu_head_hc(cudaStream_t st, const dweight &fn, const float *scale, const float *base, const float *R, uint32_t T,
-                uint32_t C, uint32_t E, float rms_eps, float hc_eps, const float *norm, float *part, dact &x) {
-    cu_hc_mix(st, fn, R, T, C * E, rms_eps, part);
-    head_finish_kernel<<<T, 1024, E * sizeof(float), st>>>(part, T, scale, base, R, C, E, rms_eps, hc_eps, norm, x);
+                uint32_t C, uint32_t E, float rms_eps, float hc_eps, const float *norm, float *part, dact &x,
+                uint32_t mixed_S) {
+    const uint32_t S = mixed_S ? mixed_S : cu_hc_mix(st, fn, R, T, C * E, rms_eps, part);
+    cu_launch(head_finish_kernel, T, 1024, E * sizeof(float), st, part, T, S, scale, base, R, C, E, rms_eps, hc_eps,
+              norm, x);
 }
 
 /* argmax in two stages: 128 blocks reduce slices (first max wins), then one
  * warp reduces the block results in index order */
 #define ARGMAX_BLOCKS 128
 __global__ void argmax_part_kernel(const float *x, uint32_t n, float *pv, int32_t *pi) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float s_v[32];
     __shared__ int s_i[32];
     const float *r = x + (size_t)blockIdx.y * n;
@@ -646,6 +773,8 @@ __global__ void argmax_part_kernel(const float *x, uint32_t n, float *pv, int32_
 }
 
 __global__ void argmax_final_kernel(const float *pv, const int32_t *pi, uint32_t nb, int32_t *out) {
+    pdl_wait();
+    pdl_trigger();
     const int lane = threadIdx.x;
     float bv = -INFINITY;
     int bi = -1;
@@ -668,6 +797,6 @@ void cu_argmax(cudaStream_t st, const float *x, uint32_t rows, uint32_t n, int32
     float *pv = scratch;
     int32_t *pi = (int32_t *)(scratch + (size_t)rows * ARGMAX_BLOCKS);
     dim3 grid(ARGMAX_BLOCKS, rows);
-    argmax_part_kernel<<<grid, 256, 0, st>>>(x, n, pv, pi);
-    argmax_final_kernel<<<rows, 32, 0, st>>>(pv, pi, ARGMAX_BLOCKS, out);
+    cu_launch(argmax_part_kernel, grid, 256, 0, st, x, n, pv, pi);
+    cu_launch(argmax_final_kernel, rows, 32, 0, st, pv, pi, ARGMAX_BLOCKS, out);
 }

@@ -138,6 +138,46 @@ static void test_matmul(void) {
     }
 }
 
+/* decode launches: routed-expert pairs and a dense job in one launch (the
+ * pipelined T = 1 kernel walks both), rows of 1 to 8 passes */
+static void test_matvec_pairs(void) {
+    static const struct {
+        ds4_dtype t;
+        uint32_t n_in;
+    } cases[] = {{DS4_TYPE_IQ2_XXS, 4096}, {DS4_TYPE_IQ2_XXS, 8192}, {DS4_TYPE_Q2_K, 2048}, {DS4_TYPE_Q2_K, 4096},
+                 {DS4_TYPE_Q8_0, 1024},    {DS4_TYPE_Q8_0, 8192},    {DS4_TYPE_F16, 4096},  {DS4_TYPE_Q4_K, 2048}};
+    char err[256], name[96];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        void *mem;
+        const uint32_t n_out = 45, X = 9, P = 6, n_in = cases[c].n_in;
+        ds4_weight w = make_weight(cases[c].t, n_in, n_out, X, 1.0f, &mem);
+        const int32_t ids[6] = {4, 0, 8, 3, 7, 1};
+        for (int shared = 0; shared < 2; shared++) {
+            const uint32_t nx = shared ? 1 : P;
+            float *x = falloc((size_t)nx * n_in), *ref = falloc((size_t)P * n_out), *got = falloc((size_t)P * n_out);
+            float *ref2 = falloc(n_out), *got2 = falloc(n_out);
+            fill(x, (size_t)nx * n_in, 2.0f);
+            for (uint32_t p = 0; p < P; p++)
+                ds4_matmul(pool, &w, ids[p], x + (size_t)(shared ? 0 : p) * n_in, 1, ref + (size_t)p * n_out);
+            ds4_matmul_rows(pool, &w, X - 1, 3, n_out - 3, x, 1, ref2);
+            bool ok = ds4_cuda_test_matvec_pairs(&w, ids, P, x, shared, got, got2, err, sizeof err);
+            snprintf(name, sizeof name, "decode pairs %s [%u] x %s: experts", ds4_dtype_name(w.type), n_in,
+                     shared ? "shared" : "per pair");
+            if (ok) compare(name, got, ref, (size_t)P * n_out, 2e-5, 0, 0);
+            else report(name, INFINITY, 0, 0, 0, err);
+            snprintf(name, sizeof name, "decode pairs %s [%u] x %s: dense job", ds4_dtype_name(w.type), n_in,
+                     shared ? "shared" : "per pair");
+            if (ok) compare(name, got2, ref2, n_out - 3, 2e-5, 0, 0);
+            free(x);
+            free(ref);
+            free(got);
+            free(ref2);
+            free(got2);
+        }
+        free(mem);
+    }
+}
+
 static void test_moe_mm(void) {
     static const ds4_dtype types[] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_Q8_0};
     char err[256], name[96];
@@ -225,6 +265,24 @@ static void test_mma(void) {
     ds4_cuda_test_set_mma(0);
 }
 
+/* forward.c's hc_pre + norm on the CPU: pre/post/comb and the normed collapse */
+static void cpu_hc_pre(const ds4_weight *fn, const float *scale, const float *base, const float *R, uint32_t T,
+                       uint32_t C, uint32_t E, uint32_t iters, const float *norm, float *flat, float *mix, float *pre,
+                       float *post, float *comb, float *out) {
+    const uint32_t M = (2 + C) * C;
+    for (uint32_t t = 0; t < T; t++) ds4_rmsnorm(flat + (size_t)t * C * E, R + (size_t)t * C * E, NULL, (int)(C * E), 1e-6f);
+    ds4_matmul(pool, fn, 0, flat, (int)T, mix);
+    for (uint32_t t = 0; t < T; t++) {
+        ds4_hc_split(mix + t * M, scale, base, C, iters, 1e-6f, pre + t * C, post + t * C, comb + t * C * C);
+        for (uint32_t e = 0; e < E; e++) {
+            float s = 0;
+            for (uint32_t h = 0; h < C; h++) s += pre[t * C + h] * R[(size_t)t * C * E + h * E + e];
+            out[(size_t)t * E + e] = s;
+        }
+        ds4_rmsnorm(out + (size_t)t * E, out + (size_t)t * E, norm, (int)E, 1e-6f);
+    }
+}
+
 static void test_hc(void) {
     char err[256], name[96];
     static const uint32_t Es[] = {256, 4096};
@@ -240,17 +298,7 @@ static void test_hc(void) {
         /* CPU: forward.c hc_pre + attn_norm */
         float *flat = falloc((size_t)T * C * E), *mix = falloc(T * M), *pre = falloc(T * C), *post = falloc(T * C);
         float *comb = falloc(T * C * C), *out = falloc((size_t)T * E);
-        for (uint32_t t = 0; t < T; t++) ds4_rmsnorm(flat + (size_t)t * C * E, R + (size_t)t * C * E, NULL, (int)(C * E), 1e-6f);
-        ds4_matmul(pool, &fn, 0, flat, (int)T, mix);
-        for (uint32_t t = 0; t < T; t++) {
-            ds4_hc_split(mix + t * M, scale, base, C, iters, 1e-6f, pre + t * C, post + t * C, comb + t * C * C);
-            for (uint32_t e = 0; e < E; e++) {
-                float s = 0;
-                for (uint32_t h = 0; h < C; h++) s += pre[t * C + h] * R[(size_t)t * C * E + h * E + e];
-                out[(size_t)t * E + e] = s;
-            }
-            ds4_rmsnorm(out + (size_t)t * E, out + (size_t)t * E, norm, (int)E, 1e-6f);
-        }
+        cpu_hc_pre(&fn, scale, base, R, T, C, E, iters, norm, flat, mix, pre, post, comb, out);
         float *gpre = falloc(T * C), *gpost = falloc(T * C), *gcomb = falloc(T * C * C), *gout = falloc((size_t)T * E);
         bool ok = ds4_cuda_test_hc_pre(&fn, scale, base, R, T, C, E, iters, 1e-6f, 1e-6f, norm, gpre, gpost, gcomb, gout,
                                        err, sizeof err);
@@ -266,6 +314,8 @@ static void test_hc(void) {
         float *y = falloc((size_t)T * E), *Rc = falloc((size_t)T * C * E), *old = falloc(C * E);
         fill(y, (size_t)T * E, 1.0f);
         memcpy(Rc, R, (size_t)T * C * E * 4);
+        float *Rorig = falloc((size_t)T * C * E);
+        memcpy(Rorig, R, (size_t)T * C * E * 4);
         for (uint32_t t = 0; t < T; t++) {
             float *Rt = R + (size_t)t * C * E;
             memcpy(old, Rt, C * E * 4);
@@ -279,8 +329,29 @@ static void test_hc(void) {
         ok = ds4_cuda_test_hc_post(Rc, y, post, comb, T, C, E, err, sizeof err);
         snprintf(name, sizeof name, "hc_post E=%u", E);
         if (ok) compare(name, Rc, R, (size_t)T * C * E, 1e-6, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
+        /* hc_post forming the next mix (the decode path), then hc_pre from
+         * those partials: against the CPU's hc_pre on the updated R */
+        {
+            float *Rf = falloc((size_t)T * C * E), *pre2 = falloc(T * C), *post2 = falloc(T * C);
+            float *comb2 = falloc(T * C * C), *out2 = falloc((size_t)T * E), *gpre2 = falloc(T * C);
+            float *gpost2 = falloc(T * C), *gcomb2 = falloc(T * C * C), *gout2 = falloc((size_t)T * E);
+            memcpy(Rf, Rorig, (size_t)T * C * E * 4);
+            cpu_hc_pre(&fn, scale, base, R, T, C, E, iters, norm, flat, mix, pre2, post2, comb2, out2);
+            ok = ds4_cuda_test_hc_post_fused(Rf, y, post, comb, T, C, E, &fn, scale, base, iters, 1e-6f, 1e-6f, norm,
+                                             false, gpre2, gpost2, gcomb2, gout2, err, sizeof err);
+            snprintf(name, sizeof name, "hc_post + next mix E=%u: R", E);
+            if (ok) compare(name, Rf, R, (size_t)T * C * E, 1e-6, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
+            snprintf(name, sizeof name, "hc_post + next mix E=%u: pre", E);
+            if (ok) compare(name, gpre2, pre2, T * C, 1e-5, 0, 0);
+            snprintf(name, sizeof name, "hc_post + next mix E=%u: comb", E);
+            if (ok) compare(name, gcomb2, comb2, T * C * C, 1e-5, 0, 0);
+            snprintf(name, sizeof name, "hc_post + next mix E=%u: collapsed + RMSNorm", E);
+            if (ok) compare(name, gout2, out2, (size_t)T * E, 2e-5, 0, 0);
+            free(Rf); free(pre2); free(post2); free(comb2); free(out2); free(gpre2); free(gpost2); free(gcomb2); free(gout2);
+        }
         free(y);
         free(Rc);
+        free(Rorig);
         free(old);
         free(flat);
         free(mix);
@@ -298,6 +369,22 @@ static void test_hc(void) {
     }
 }
 
+/* forward.c's output HC head + output_norm on the CPU */
+static void cpu_head_hc(const ds4_weight *fn, float scale, const float *base, const float *R, uint32_t T, uint32_t C,
+                        uint32_t E, const float *norm, float *flat, float *mix, float *x) {
+    for (uint32_t t = 0; t < T; t++) ds4_rmsnorm(flat + (size_t)t * C * E, R + (size_t)t * C * E, NULL, (int)(C * E), 1e-6f);
+    ds4_matmul(pool, fn, 0, flat, (int)T, mix);
+    memset(x, 0, (size_t)T * E * 4);
+    for (uint32_t t = 0; t < T; t++) {
+        float *xt = x + (size_t)t * E;
+        for (uint32_t h = 0; h < C; h++) {
+            const float w = ds4_sigmoid(mix[t * C + h] * scale + base[h]) + 1e-6f;
+            for (uint32_t e = 0; e < E; e++) xt[e] += w * R[(size_t)t * C * E + h * E + e];
+        }
+        ds4_rmsnorm(xt, xt, norm, (int)E, 1e-6f);
+    }
+}
+
 static void test_head_hc(void) {
     char err[256];
     const uint32_t C = 4, E = 4096, T = 2;
@@ -309,19 +396,36 @@ static void test_head_hc(void) {
     float *R = falloc((size_t)T * C * E), *flat = falloc((size_t)T * C * E), *mix = falloc(T * C);
     float *x = falloc((size_t)T * E), *gx = falloc((size_t)T * E);
     fill(R, (size_t)T * C * E, 4.0f);
-    for (uint32_t t = 0; t < T; t++) ds4_rmsnorm(flat + (size_t)t * C * E, R + (size_t)t * C * E, NULL, (int)(C * E), 1e-6f);
-    ds4_matmul(pool, &fn, 0, flat, (int)T, mix);
-    for (uint32_t t = 0; t < T; t++) {
-        float *xt = x + (size_t)t * E;
-        for (uint32_t h = 0; h < C; h++) {
-            const float w = ds4_sigmoid(mix[t * C + h] * scale + base[h]) + 1e-6f;
-            for (uint32_t e = 0; e < E; e++) xt[e] += w * R[(size_t)t * C * E + h * E + e];
-        }
-        ds4_rmsnorm(xt, xt, norm, (int)E, 1e-6f);
-    }
+    cpu_head_hc(&fn, scale, base, R, T, C, E, norm, flat, mix, x);
     bool ok = ds4_cuda_test_head_hc(&fn, &scale, base, R, T, C, E, 1e-6f, 1e-6f, norm, gx, err, sizeof err);
     if (ok) compare("output HC head + output_norm", gx, x, (size_t)T * E, 2e-5, 0, 0);
     else report("output HC head + output_norm", INFINITY, 0, 0, 0, err);
+    /* the decode path: the last hc_post forms the head's mix partials */
+    float *y = falloc((size_t)T * E), *post = falloc(T * C), *comb = falloc(T * C * C), *Rg = falloc((size_t)T * C * E);
+    fill(y, (size_t)T * E, 1.0f);
+    for (uint32_t i = 0; i < T * C; i++) post[i] = 1.0f + 0.5f * frand();
+    for (uint32_t i = 0; i < T * C * C; i++) comb[i] = 0.25f + 0.1f * frand();
+    memcpy(Rg, R, (size_t)T * C * E * 4);
+    float old[4];
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t e = 0; e < E; e++) {
+            float *Rt = R + (size_t)t * C * E;
+            for (uint32_t a = 0; a < C; a++) old[a] = Rt[a * E + e];
+            for (uint32_t b = 0; b < C; b++) {
+                float s = post[t * C + b] * y[(size_t)t * E + e];
+                for (uint32_t a = 0; a < C; a++) s += comb[t * C * C + a * C + b] * old[a];
+                Rt[b * E + e] = s;
+            }
+        }
+    cpu_head_hc(&fn, scale, base, R, T, C, E, norm, flat, mix, x);
+    ok = ds4_cuda_test_hc_post_fused(Rg, y, post, comb, T, C, E, &fn, &scale, base, 0, 1e-6f, 1e-6f, norm, true, NULL,
+                                     NULL, NULL, gx, err, sizeof err);
+    if (ok) compare("hc_post + output head mix: head", gx, x, (size_t)T * E, 2e-5, 0, 0);
+    else report("hc_post + output head mix: head", INFINITY, 0, 0, 0, err);
+    free(y);
+    free(post);
+    free(comb);
+    free(Rg);
     free(R);
     free(flat);
     free(mix);
@@ -694,6 +798,7 @@ int main(void) {
     test_matmul();
     test_moe_mm();
     test_mma();
+    test_matvec_pairs();
     test_hc();
     test_head_hc();
     test_heads();
