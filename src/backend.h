@@ -45,6 +45,8 @@ typedef struct ds4_backend {
     void (*state_from_host)(ds4_session *s);
     /* Human-readable memory report (weights, KV, scratch) into buf. */
     void (*describe)(const ds4_model *m, const ds4_session *s, char *buf, size_t buflen);
+    /* Tokens per prefill chunk when the caller gives none (0: 256). */
+    int default_prefill_chunk;
 } ds4_backend;
 
 /* The reference backend (forward.c over host memory). */

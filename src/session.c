@@ -63,7 +63,9 @@ ds4_model *ds4_model_from_weights(ds4_model_weights *w, const ds4_model_params *
     m->pool = ds4_pool_new(n_threads > 0 ? n_threads : 1);
     m->exact = params && params->exact;
     m->f16_rounding = !m->exact && !(params && params->no_f16_rounding);
-    m->prefill_chunk = params && params->prefill_chunk > 0 ? params->prefill_chunk : 256;
+    m->prefill_chunk = params && params->prefill_chunk > 0     ? params->prefill_chunk
+                       : backend->default_prefill_chunk > 0 ? backend->default_prefill_chunk
+                                                            : 256;
     const ds4_hparams *hp = m->hp;
     m->rope_main = malloc((hp->n_rot / 2) * sizeof(float));
     m->rope_comp = malloc((hp->n_rot / 2) * sizeof(float));

@@ -10,6 +10,9 @@
  * others, so one thread per dim walks the chunk's tokens in order (exactly
  * compressor.c's arithmetic, double-precision pooling included); a second
  * kernel normalises, rotates and quantizes the rows that closed.
+ * Indexer scores: with FP4-simulated queries and keys (the default numerics)
+ * BF16 tensor cores (mma.sync m16n8k16, f32 sums: exact products of exact
+ * BF16 values), else (--exact, odd shapes) the f32 CUDA-core kernel.
  * Indexer top-k: radix select of the k-th largest score (scores mapped to
  * order-preserving u32 keys), then an in-order compaction that keeps ties
  * at the threshold by lowest index: the CPU's selection, bit for bit.

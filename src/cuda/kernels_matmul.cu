@@ -29,11 +29,20 @@
 #include "iq2xxs_tables.h"
 
 __device__ uint64_t g_iq2_grid[256];
-__device__ uint8_t g_iq2_signs[128];
+/* IQ2_XXS sign masks: entry i has byte j = 0xff where bit j of ksigns[i]
+ * (the 7 stored sign bits plus the parity bit) is set, so a group of 8 grid
+ * bytes is signed with one xor and one byte-wise subtract per 4 */
+__device__ uint64_t g_iq2_smask[128];
 
 bool cu_tables_init(char *err, size_t errlen) {
+    uint64_t smask[128];
+    for (int i = 0; i < 128; i++) {
+        smask[i] = 0;
+        for (int j = 0; j < 8; j++)
+            if (ds4_iq2xxs_ksigns[i] >> j & 1) smask[i] |= (uint64_t)0xff << (8 * j);
+    }
     CU_OK(cudaMemcpyToSymbol(g_iq2_grid, ds4_iq2xxs_grid, sizeof ds4_iq2xxs_grid), err, errlen, "IQ2 grid upload");
-    CU_OK(cudaMemcpyToSymbol(g_iq2_signs, ds4_iq2xxs_ksigns, sizeof ds4_iq2xxs_ksigns), err, errlen, "IQ2 signs upload");
+    CU_OK(cudaMemcpyToSymbol(g_iq2_smask, smask, sizeof smask), err, errlen, "IQ2 sign masks upload");
     return cu_mma_tables_init(err, errlen);
 }
 
@@ -228,9 +237,6 @@ static __device__ __forceinline__ void dot_q8_0(const int8_t *wq, const __half *
     }
 }
 
-static __device__ __forceinline__ uint32_t sign_mask4(uint32_t s4) {
-    return ((s4 * 0x00204081u) & 0x01010101u) * 0xffu;
-}
 
 /* IQ2_XXS split: one 32-value sub-block per lane; the 8 lanes of a
  * super-block add their (2s+1)-scaled integer sums before the block scale. */
@@ -238,7 +244,7 @@ static __device__ __forceinline__ uint32_t sign_mask4(uint32_t s4) {
 template <int NT>
 static __device__ __forceinline__ void dot_iq2_xxs(const uint8_t *wq, const __half *wd, uint32_t n, const act_view &x,
                                                    const uint32_t (&xr)[NT], int nt, float (&acc)[NT],
-                                                   const uint64_t *grid, const uint8_t *signs) {
+                                                   const uint64_t *grid, const uint64_t *smask) {
     const int lane = threadIdx.x & 31;
     const uint32_t nsub = n / 32;
     for (uint32_t base = 0; base < nsub; base += 32 * IQU) {
@@ -259,9 +265,8 @@ static __device__ __forceinline__ void dot_iq2_xxs(const uint8_t *wq, const __ha
 #pragma unroll
             for (int l = 0; l < 4; l++) {
                 const uint64_t g = grid[(wv[v].x >> (8 * l)) & 0xff];
-                const uint32_t si = (wv[v].y >> (7 * l)) & 127;
-                const uint32_t sg = si | ((__popc(si) & 1) << 7);
-                const uint32_t mlo = sign_mask4(sg & 0xf), mhi = sign_mask4(sg >> 4);
+                const uint64_t sm = smask[(wv[v].y >> (7 * l)) & 127];
+                const uint32_t mlo = (uint32_t)sm, mhi = (uint32_t)(sm >> 32);
                 wvals[2 * l] = (int)__vsub4((uint32_t)g ^ mlo, mlo);
                 wvals[2 * l + 1] = (int)__vsub4((uint32_t)(g >> 32) ^ mhi, mhi);
             }
@@ -425,7 +430,7 @@ static __device__ __forceinline__ void dot_q4_k(const uint8_t *wr, uint32_t n, c
 template <int NT, uint32_t TYPES = TB_ALL>
 static __device__ __forceinline__ void row_dot(const dweight &w, uint64_t wrow, const act_view &x,
                                                const uint32_t (&xr)[NT], int nt, float (&out)[NT],
-                                               const uint64_t *grid, const uint8_t *signs) {
+                                               const uint64_t *grid, const uint64_t *smask) {
     float acc[NT];
 #pragma unroll
     for (int j = 0; j < NT; j++) acc[j] = 0.0f;
@@ -438,7 +443,7 @@ static __device__ __forceinline__ void row_dot(const dweight &w, uint64_t wrow, 
     else if ((TYPES & TB(DS4_TYPE_Q8_0)) && w.type == DS4_TYPE_Q8_0)
         dot_q8_0<NT>((const int8_t *)q, w.d + wrow * (w.n_in / 32), w.n_in, x, xr, nt, acc);
     else if ((TYPES & TB(DS4_TYPE_IQ2_XXS)) && w.type == DS4_TYPE_IQ2_XXS)
-        dot_iq2_xxs<NT>(q, w.d + wrow * (w.n_in / 256), w.n_in, x, xr, nt, acc, grid, signs);
+        dot_iq2_xxs<NT>(q, w.d + wrow * (w.n_in / 256), w.n_in, x, xr, nt, acc, grid, smask);
     else if ((TYPES & TB(DS4_TYPE_Q2_K)) && w.type == DS4_TYPE_Q2_K) dot_q2_k<NT>(q, w.n_in, x, xr, nt, acc);
     else if ((TYPES & TB(DS4_TYPE_Q4_K)) && w.type == DS4_TYPE_Q4_K) dot_q4_k<NT>(q, w.n_in, x, xr, nt, acc);
 #pragma unroll
@@ -464,9 +469,9 @@ typedef struct {
     uint32_t rpw; /* rows per warp */
 } mv_launch;
 
-static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint8_t *s_signs) {
+static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint64_t *s_smask) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) s_grid[i] = g_iq2_grid[i];
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) s_signs[i] = g_iq2_signs[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) s_smask[i] = g_iq2_smask[i];
     __syncthreads();
 }
 
@@ -497,7 +502,7 @@ static __device__ __forceinline__ void prefetch_rows(const dweight &w, uint64_t 
 template <int NT, bool OCC, uint32_t TYPES = TB_ALL>
 __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matvec_kernel(const __grid_constant__ mv_launch L) {
     __shared__ uint64_t s_grid[256];
-    __shared__ uint8_t s_signs[128];
+    __shared__ uint64_t s_smask[128];
     int jn = 0;
     while (jn + 1 < L.n_jobs && blockIdx.x >= L.blk0[jn + 1]) jn++;
     const mv_job &J = L.jobs[jn];
@@ -516,7 +521,7 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
         mat = e >= 0 && (uint32_t)e < J.w.n_mat ? (uint32_t)e : 0;
         if (L.prefetch && threadIdx.x == 0) prefetch_rows(J.w, (uint64_t)mat * J.w.n_out + J.row0 + rb0, nrb);
     }
-    if (L.need_iq2) load_iq2_tables(s_grid, s_signs);
+    if (L.need_iq2) load_iq2_tables(s_grid, s_smask);
     for (uint32_t k = 0; k < rpw; k++) {
         const uint32_t r = rb0 + k * MV_WARPS + (threadIdx.x >> 5);
         if (r >= J.n_rows) break;
@@ -527,7 +532,7 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
 #pragma unroll
             for (int j = 0; j < NT; j++) xr[j] = pair * J.x_pair + t0 + j;
             float out[NT];
-            row_dot<NT, TYPES>(J.w, wrow, J.x, xr, nt, out, s_grid, s_signs);
+            row_dot<NT, TYPES>(J.w, wrow, J.x, xr, nt, out, s_grid, s_smask);
             if ((threadIdx.x & 31) == 0)
 #pragma unroll
                 for (int j = 0; j < NT; j++)
@@ -614,8 +619,8 @@ __global__ void __launch_bounds__(256) moe_mm_kernel(dweight w, const int32_t *c
     const int32_t n = cnt[e];
     if (n <= 0) return;
     __shared__ uint64_t s_grid[256];
-    __shared__ uint8_t s_signs[128];
-    if (need_iq2) load_iq2_tables(s_grid, s_signs);
+    __shared__ uint64_t s_smask[128];
+    if (need_iq2) load_iq2_tables(s_grid, s_smask);
     const uint32_t r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
     if (r >= w.n_out) return;
     const uint64_t wrow = (uint64_t)e * w.n_out + r;
@@ -630,7 +635,7 @@ __global__ void __launch_bounds__(256) moe_mm_kernel(dweight w, const int32_t *c
             yr[j] = p;
         }
         float out[MOE_NT];
-        row_dot<MOE_NT>(w, wrow, x, xr, nt, out, s_grid, s_signs);
+        row_dot<MOE_NT>(w, wrow, x, xr, nt, out, s_grid, s_smask);
         if ((threadIdx.x & 31) == 0)
 #pragma unroll
             for (int j = 0; j < MOE_NT; j++)

@@ -656,20 +656,31 @@ static void test_compressor(void) {
 }
 
 static void test_indexer(void) {
-    char err[256], name[96];
+    char err[256], name[160];
+    /* fp4: queries and keys Hadamard + FP4-simulated (the default model's
+     * inputs, exact in BF16: the tensor-core scores) */
     static const struct {
-        uint32_t I, K, n_keys;
+        uint32_t I, K, n_keys, T;
         int64_t pos0;
-    } cases[] = {{32, 16, 160, 55}, {64, 512, 3000, 11990}, {64, 8, 36, 130}};
-    for (int c = 0; c < 3; c++) {
-        const uint32_t I = cases[c].I, ID = 128, K = cases[c].K, T = 4, n = cases[c].n_keys;
+        bool fp4;
+    } cases[] = {{32, 16, 160, 4, 55, false},      {64, 512, 3000, 4, 11990, false},  {64, 8, 36, 4, 130, false},
+                 {64, 512, 3000, 1, 11999, true},  {64, 512, 3000, 13, 11990, true},  {64, 512, 3000, 13, 2040, true},
+                 {64, 512, 16384, 1, 65535, true}, {64, 512, 16384, 13, 65523, true}, {64, 512, 16384, 1, 4095, true}};
+    for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
+        const uint32_t I = cases[c].I, ID = 128, K = cases[c].K, T = cases[c].T, n = cases[c].n_keys;
         const int64_t pos0 = cases[c].pos0;
         float *qi = falloc((size_t)T * I * ID), *wi = falloc((size_t)T * I), *keys = falloc((size_t)n * ID);
         fill(qi, (size_t)T * I * ID, 1.0f);
         fill(wi, (size_t)T * I, 1.0f);
         fill(keys, (size_t)n * ID, 1.0f);
+        for (size_t r = 0; cases[c].fp4 && r < (size_t)T * I + n; r++) {
+            float *row = r < (size_t)T * I ? qi + r * ID : keys + (r - (size_t)T * I) * ID;
+            ds4_hadamard(row, (int)ID);
+            ds4_sim_fp4_e2m1(row, (int)ID);
+        }
         const float wscale = 1.0f / sqrtf((float)ID * (float)I);
-        uint32_t *sel = calloc((size_t)T * K, 4), *gsel = calloc((size_t)T * K, 4), nsel[4], gnsel[4];
+        uint32_t *sel = calloc((size_t)T * K, 4), *gsel = calloc((size_t)T * K, 4);
+        uint32_t *nsel = calloc(T, 4), *gnsel = calloc(T, 4);
         float *score = falloc(n);
         for (uint32_t t = 0; t < T; t++) {
             const uint32_t nv = (uint32_t)((pos0 + t + 1) / 4);
@@ -695,9 +706,10 @@ static void test_indexer(void) {
             if (nsel[t] == UINT32_MAX) continue;
             diff += memcmp(sel + (size_t)t * K, gsel + (size_t)t * K, K * 4) != 0;
         }
-        snprintf(name, sizeof name, "indexer top-%u of %u rows x %u heads: differing sets", K, n, I);
+        snprintf(name, sizeof name, "indexer top-%u of %u rows x %u heads, T %u at %lld%s: differing sets", K, n, I, T,
+                 (long long)pos0, cases[c].fp4 ? " (FP4, tensor cores)" : "");
         report(name, ok ? (double)diff : INFINITY, 0, 0, 0, ok ? NULL : err);
-        free(qi); free(wi); free(keys); free(sel); free(gsel); free(score);
+        free(qi); free(wi); free(keys); free(sel); free(gsel); free(score); free(nsel); free(gnsel);
     }
 }
 
