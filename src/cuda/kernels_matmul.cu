@@ -466,6 +466,7 @@ typedef struct {
     int n_jobs;
     int need_iq2;
     int prefetch; /* L2 prefetch of a block's rows first (DS4_CUDA_MV_PREFETCH=1; measured slower) */
+    int fast;     /* IQ2_XXS / Q2_K one-pass decode paths (DS4_CUDA_MV_FAST=0: off) */
     uint32_t rpw; /* rows per warp */
 } mv_launch;
 
@@ -481,6 +482,160 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint64_
 
 /* OCC: the decode variant capped at 48 registers (5 blocks, 40 warps an SM:
  * more weight bytes in flight, a few spills); chosen with DS4_CUDA_MV_OCC=1 */
+/* Decode fast paths for the routed experts' formats (T = 1, rows of one
+ * pass: IQ2_XXS up to 4096 values, Q2_K up to 2048). The generic row_dot
+ * re-reads the activation slice from L1 for every row, and for these 2-bit
+ * formats that is 3-4x the weight bytes: the kernels were bound by L1/shared
+ * traffic at ~15% of DRAM bandwidth (ncu). Here a warp keeps its lanes'
+ * activation slice in registers for all its rows, loads the next row's
+ * weights before reducing the current one, and (IQ2_XXS) forms the signs with
+ * integer ops instead of a table read. Same integer sums and per-block
+ * scaling as row_dot. */
+static __device__ __forceinline__ uint32_t sign_mask4(uint32_t s4) {
+    return ((s4 * 0x00204081u) & 0x01010101u) * 0xffu;
+}
+
+static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
+                                                      uint32_t rpw, const uint64_t *grid) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t n = J.w.n_in, nsub = n / 32;
+    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
+    int4 a0[IQU], a1[IQU];
+    float dk[IQU];
+#pragma unroll
+    for (int v = 0; v < IQU; v++) {
+        const uint32_t sb = 32 * v + lane;
+        const bool act = sb < nsub;
+        a0[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb) : make_int4(0, 0, 0, 0);
+        a1[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb + 16) : make_int4(0, 0, 0, 0);
+        dk[v] = act ? J.x.dk[xo / 256 + sb / 8] : 0.0f;
+    }
+    uint32_t r = rb0 + (threadIdx.x >> 5);
+    if (r >= J.n_rows) return;
+    uint2 wv[IQU];
+    float dw[IQU];
+    auto load = [&](uint32_t row, uint2 (&w)[IQU], float (&d)[IQU]) {
+        const uint64_t wrow = (uint64_t)mat * J.w.n_out + J.row0 + row;
+        const uint8_t *q = J.w.q + wrow * J.w.row_bytes;
+        const __half *wd = J.w.d + wrow * (n / 256);
+#pragma unroll
+        for (int v = 0; v < IQU; v++) {
+            const uint32_t sb = 32 * v + lane;
+            const bool act = sb < nsub;
+            w[v] = act ? __ldg((const uint2 *)(q + 8 * (size_t)sb)) : make_uint2(0, 0);
+            d[v] = act ? __half2float(wd[sb / 8]) : 0.0f;
+        }
+    };
+    load(r, wv, dw);
+    for (uint32_t k = 0; k < rpw; k++) {
+        const uint32_t rn = r + MV_WARPS;
+        const bool more = k + 1 < rpw && rn < J.n_rows;
+        uint2 wn[IQU];
+        float dn[IQU];
+        if (more) load(rn, wn, dn);
+        float acc = 0.0f;
+#pragma unroll
+        for (int v = 0; v < IQU; v++) {
+            int wq[8];
+#pragma unroll
+            for (int l = 0; l < 4; l++) {
+                const uint64_t g = grid[(wv[v].x >> (8 * l)) & 0xff];
+                const uint32_t si = (wv[v].y >> (7 * l)) & 127;
+                const uint32_t sg = si | ((__popc(si) & 1) << 7);
+                const uint32_t mlo = sign_mask4(sg & 0xf), mhi = sign_mask4(sg >> 4);
+                wq[2 * l] = (int)__vsub4((uint32_t)g ^ mlo, mlo);
+                wq[2 * l + 1] = (int)__vsub4((uint32_t)(g >> 32) ^ mhi, mhi);
+            }
+            int s = dp4a(wq[0], a0[v].x, 0);
+            s = dp4a(wq[1], a0[v].y, s);
+            s = dp4a(wq[2], a0[v].z, s);
+            s = dp4a(wq[3], a0[v].w, s);
+            s = dp4a(wq[4], a1[v].x, s);
+            s = dp4a(wq[5], a1[v].y, s);
+            s = dp4a(wq[6], a1[v].z, s);
+            s = dp4a(wq[7], a1[v].w, s);
+            s *= 2 * (int)(wv[v].y >> 28) + 1;
+            s += __shfl_xor_sync(FULL, s, 1);
+            s += __shfl_xor_sync(FULL, s, 2);
+            s += __shfl_xor_sync(FULL, s, 4);
+            if (32 * v + lane < nsub && (lane & 7) == 0) acc += (dw[v] * dk[v]) * (float)s;
+        }
+        const float y = warp_sum(acc) * 0.125f;
+        if (lane == 0) J.y[(size_t)(pair * J.y_pair) * J.y_stride + r] = y;
+        if (!more) break;
+        r = rn;
+#pragma unroll
+        for (int v = 0; v < IQU; v++) {
+            wv[v] = wn[v];
+            dw[v] = dn[v];
+        }
+    }
+}
+
+static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
+                                                      uint32_t rpw) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t n = J.w.n_in, nunits = (n / 256) * 4;
+    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
+    const bool act = (uint32_t)lane < nunits;
+    const uint32_t blk = lane >> 2, part = lane & 3, h = part >> 1, k = part & 1;
+    int4 av[4];
+    int bs[4];
+    float dx = 0.0f;
+#pragma unroll
+    for (int jj = 0; jj < 4; jj++) {
+        av[jj] = act ? *(const int4 *)(J.x.qk + xo + 256 * (size_t)blk + 128 * h + 16 * k + 32 * jj) : make_int4(0, 0, 0, 0);
+        bs[jj] = act ? J.x.bk[xo / 16 + 16 * (size_t)blk + 8 * h + 2 * jj + k] : 0;
+    }
+    if (act) dx = J.x.dk[xo / 256 + blk];
+    uint32_t r = rb0 + (threadIdx.x >> 5);
+    if (r >= J.n_rows) return;
+    uint32_t qv[4], sc[2], dd;
+    auto load = [&](uint32_t row, uint32_t (&q)[4], uint32_t (&s)[2], uint32_t &d) {
+        q[0] = q[1] = q[2] = q[3] = s[0] = s[1] = d = 0;
+        if (!act) return;
+        const uint64_t wrow = (uint64_t)mat * J.w.n_out + J.row0 + row;
+        const uint8_t *b = J.w.q + wrow * J.w.row_bytes + 84 * (size_t)blk;
+        const uint32_t *q32 = (const uint32_t *)(b + 16 + 32 * h + 16 * k);
+        q[0] = __ldg(q32); q[1] = __ldg(q32 + 1); q[2] = __ldg(q32 + 2); q[3] = __ldg(q32 + 3);
+        s[0] = __ldg((const uint32_t *)(b + 8 * h));
+        s[1] = __ldg((const uint32_t *)(b + 8 * h + 4));
+        d = __ldg((const uint32_t *)(b + 80));
+    };
+    load(r, qv, sc, dd);
+    for (uint32_t it = 0; it < rpw; it++) {
+        const uint32_t rn = r + MV_WARPS;
+        const bool more = it + 1 < rpw && rn < J.n_rows;
+        uint32_t qn[4], sn[2], dn;
+        if (more) load(rn, qn, sn, dn);
+        int isum = 0, summs = 0;
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++) {
+            const uint32_t idx = 2 * jj + k;
+            const uint32_t s8 = byte_of(sc[idx >> 2], idx & 3);
+            int sub = dp4a((qv[0] >> (2 * jj)) & 0x03030303, av[jj].x, 0);
+            sub = dp4a((qv[1] >> (2 * jj)) & 0x03030303, av[jj].y, sub);
+            sub = dp4a((qv[2] >> (2 * jj)) & 0x03030303, av[jj].z, sub);
+            sub = dp4a((qv[3] >> (2 * jj)) & 0x03030303, av[jj].w, sub);
+            isum += (int)(s8 & 15) * sub;
+            summs += bs[jj] * (int)(s8 >> 4);
+        }
+        isum += __shfl_xor_sync(FULL, isum, 1);
+        isum += __shfl_xor_sync(FULL, isum, 2);
+        summs += __shfl_xor_sync(FULL, summs, 1);
+        summs += __shfl_xor_sync(FULL, summs, 2);
+        const float d = h2f(dd & 0xffff), dmin = h2f(dd >> 16);
+        const float acc = act && part == 0 ? (dx * d) * (float)isum - (dx * dmin) * (float)summs : 0.0f;
+        const float y = warp_sum(acc);
+        if (lane == 0) J.y[(size_t)(pair * J.y_pair) * J.y_stride + r] = y;
+        if (!more) break;
+        r = rn;
+        qv[0] = qn[0]; qv[1] = qn[1]; qv[2] = qn[2]; qv[3] = qn[3];
+        sc[0] = sn[0]; sc[1] = sn[1];
+        dd = dn;
+    }
+}
+
 /* The weight bytes of rows [row0, row0 + n) of matrix-row space into L2 */
 static __device__ __forceinline__ void prefetch_rows(const dweight &w, uint64_t row0, uint32_t n) {
     const uint64_t all = (uint64_t)(w.n_mat ? w.n_mat : 1) * w.n_out;
@@ -522,6 +677,18 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
         if (L.prefetch && threadIdx.x == 0) prefetch_rows(J.w, (uint64_t)mat * J.w.n_out + J.row0 + rb0, nrb);
     }
     if (L.need_iq2) load_iq2_tables(s_grid, s_smask);
+    if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
+        if (L.fast && J.w.n_in / 32 <= 32 * IQU) {
+            iq2_rows_1pass(J, mat, pair, rb0, rpw, s_grid);
+            return;
+        }
+    }
+    if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q2_K)) {
+        if (L.fast && (J.w.n_in / 256) * 4 <= 32) {
+            q2k_rows_1pass(J, mat, pair, rb0, rpw);
+            return;
+        }
+    }
     for (uint32_t k = 0; k < rpw; k++) {
         const uint32_t r = rb0 + k * MV_WARPS + (threadIdx.x >> 5);
         if (r >= J.n_rows) break;
@@ -554,8 +721,12 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         for (int j = 0; j < L.n_jobs; j++) rows += (jobs[base + j].n_pairs ? jobs[base + j].n_pairs : 1) * jobs[base + j].n_rows;
         /* rows a warp at T = 1: DS4_CUDA_MV_RPW (default 2: +1% on H200);
          * the L2 prefetch (DS4_CUDA_MV_PREFETCH=1) measured 2% slower */
-        static int rpw_env = -1, pf_env = -1;
+        static int rpw_env = -1, pf_env = -1, fast_env = 1, rpw2_env = 8;
         if (rpw_env < 0) {
+            const char *f = getenv("DS4_CUDA_MV_FAST");
+            fast_env = !(f && *f == '0');
+            f = getenv("DS4_CUDA_MV_RPW_2BIT");
+            if (f && atoi(f) >= 1 && atoi(f) <= 64) rpw2_env = atoi(f);
             const char *sp = getenv("DS4_CUDA_MV_SPEC");
             g_mv_spec = !(sp && *sp == '0');
             const char *e = getenv("DS4_CUDA_MV_RPW");
@@ -566,6 +737,13 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         (void)rows;
         L.rpw = T == 1 ? (uint32_t)rpw_env : 1;
         L.prefetch = pf_env;
+        uint32_t types = 0;
+        for (int j = 0; j < L.n_jobs; j++) types |= TB(jobs[base + j].w.type);
+        /* the 2-bit expert formats keep activations in registers across a
+         * warp's rows: more rows a warp (DS4_CUDA_MV_RPW_2BIT, default 8) */
+        L.fast = fast_env;
+        if (T == 1 && fast_env && g_mv_spec && (types == TB(DS4_TYPE_IQ2_XXS) || types == TB(DS4_TYPE_Q2_K)))
+            L.rpw = (uint32_t)rpw2_env;
         uint32_t blocks = 0;
         for (int j = 0; j < L.n_jobs; j++) {
             L.jobs[j] = jobs[base + j];
@@ -585,8 +763,6 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
             const char *e = getenv("DS4_CUDA_MV_OCC");
             occ = !(e && *e == '0');
         }
-        uint32_t types = 0;
-        for (int j = 0; j < L.n_jobs; j++) types |= TB(L.jobs[j].w.type);
         if (T == 1 && occ && g_mv_spec && types == TB(DS4_TYPE_Q8_0))
             cu_launch(matvec_kernel<1, true, TB(DS4_TYPE_Q8_0)>, blocks, 256, 0, st, L);
         else if (T == 1 && occ && g_mv_spec && !(types & ~(TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16))))
