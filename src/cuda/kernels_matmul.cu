@@ -636,6 +636,70 @@ static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, uint32_t 
     }
 }
 
+/* Q8_0 rows of up to 32 * CPL 16-byte chunks (CPL 2: 1024 values, 4: 2048)
+ * the same way: activation chunks in registers, the next row's weights in
+ * flight while this one is reduced (short rows give a warp few bytes to
+ * load, so without the second row in flight q_b ran at ~40% of DRAM). */
+template <int CPL>
+static __device__ __forceinline__ void q8_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
+                                                     uint32_t rpw) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t n = J.w.n_in, nch = n / 16;
+    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
+    int4 xa[CPL];
+    float dx[CPL];
+#pragma unroll
+    for (int u = 0; u < CPL; u++) {
+        const uint32_t c = 32 * u + lane;
+        const bool act = c < nch;
+        xa[u] = act ? *(const int4 *)(J.x.q8 + xo + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+        dx[u] = act ? J.x.d8[xo / 32 + c / 2] : 0.0f;
+    }
+    uint32_t r = rb0 + (threadIdx.x >> 5);
+    if (r >= J.n_rows) return;
+    int4 wv[CPL];
+    float dw[CPL];
+    auto load = [&](uint32_t row, int4 (&w)[CPL], float (&d)[CPL]) {
+        const uint64_t wrow = (uint64_t)mat * J.w.n_out + J.row0 + row;
+        const int8_t *q = (const int8_t *)J.w.q + wrow * J.w.row_bytes;
+        const __half *wd = J.w.d + wrow * (n / 32);
+#pragma unroll
+        for (int u = 0; u < CPL; u++) {
+            const uint32_t c = 32 * u + lane;
+            const bool act = c < nch;
+            w[u] = act ? __ldg((const int4 *)(q + 16 * (size_t)c)) : make_int4(0, 0, 0, 0);
+            d[u] = act ? __half2float(wd[c / 2]) : 0.0f;
+        }
+    };
+    load(r, wv, dw);
+    for (uint32_t k = 0; k < rpw; k++) {
+        const uint32_t rn = r + MV_WARPS;
+        const bool more = k + 1 < rpw && rn < J.n_rows;
+        int4 wn[CPL];
+        float dn[CPL];
+        if (more) load(rn, wn, dn);
+        float acc = 0.0f;
+#pragma unroll
+        for (int u = 0; u < CPL; u++) {
+            int s = dp4a(wv[u].x, xa[u].x, 0);
+            s = dp4a(wv[u].y, xa[u].y, s);
+            s = dp4a(wv[u].z, xa[u].z, s);
+            s = dp4a(wv[u].w, xa[u].w, s);
+            s += __shfl_xor_sync(FULL, s, 1);
+            if (!(lane & 1)) acc += (float)s * (dw[u] * dx[u]);
+        }
+        const float y = warp_sum(acc);
+        if (lane == 0) J.y[(size_t)(pair * J.y_pair) * J.y_stride + r] = y;
+        if (!more) break;
+        r = rn;
+#pragma unroll
+        for (int u = 0; u < CPL; u++) {
+            wv[u] = wn[u];
+            dw[u] = dn[u];
+        }
+    }
+}
+
 /* The weight bytes of rows [row0, row0 + n) of matrix-row space into L2 */
 static __device__ __forceinline__ void prefetch_rows(const dweight &w, uint64_t row0, uint32_t n) {
     const uint64_t all = (uint64_t)(w.n_mat ? w.n_mat : 1) * w.n_out;
@@ -680,6 +744,16 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
     if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
         if (L.fast && J.w.n_in / 32 <= 32 * IQU) {
             iq2_rows_1pass(J, mat, pair, rb0, rpw, s_grid);
+            return;
+        }
+    }
+    if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q8_0)) {
+        if (L.fast && J.w.n_in <= 1024) {
+            q8_rows_1pass<2>(J, mat, pair, rb0, rpw);
+            return;
+        }
+        if (L.fast && J.w.n_in <= 2048) {
+            q8_rows_1pass<4>(J, mat, pair, rb0, rpw);
             return;
         }
     }
@@ -739,10 +813,14 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         L.prefetch = pf_env;
         uint32_t types = 0;
         for (int j = 0; j < L.n_jobs; j++) types |= TB(jobs[base + j].w.type);
-        /* the 2-bit expert formats keep activations in registers across a
-         * warp's rows: more rows a warp (DS4_CUDA_MV_RPW_2BIT, default 8) */
+        /* the one-pass paths (2-bit expert formats, Q8_0 rows <= 2048) keep
+         * activations in registers across a warp's rows: more rows a warp
+         * (DS4_CUDA_MV_RPW_2BIT, default 8) */
         L.fast = fast_env;
-        if (T == 1 && fast_env && g_mv_spec && (types == TB(DS4_TYPE_IQ2_XXS) || types == TB(DS4_TYPE_Q2_K)))
+        bool short_q8 = types == TB(DS4_TYPE_Q8_0);
+        for (int j = 0; j < L.n_jobs; j++) short_q8 = short_q8 && jobs[base + j].w.n_in <= 2048;
+        if (T == 1 && fast_env && g_mv_spec &&
+            (types == TB(DS4_TYPE_IQ2_XXS) || types == TB(DS4_TYPE_Q2_K) || short_q8))
             L.rpw = (uint32_t)rpw2_env;
         uint32_t blocks = 0;
         for (int j = 0; j < L.n_jobs; j++) {
