@@ -14,7 +14,7 @@ if [ "${LAYERS:-}" = "" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
 echo "== $MODEL, $LAYERS layers: prefill walk"
-./ds4-bench --synthetic "$MODEL" --layers "$LAYERS" --frontiers 2048,8192 --gen 32 --chunk ${CHUNK:-512} \
+./ds4-bench --synthetic "$MODEL" --layers "$LAYERS" --frontiers 2048,8192 --gen 32 ${CHUNK:+--chunk $CHUNK} \
   --csv "$OUT_DIR/bench_prefill_$MODEL.csv"
 echo "== $MODEL, $LAYERS layers: decode at deep frontiers (random KV)"
 ./ds4-bench --synthetic "$MODEL" --layers "$LAYERS" --frontiers 4096,16384,65536,131072 --gen 64 --kv-fill random \
