@@ -989,12 +989,11 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     kcheck(F, "experts down");
     join_side(F, 1);
-    cu_moe_sum(sm, cs->ysh, cs->ye, cs->ids, T, K, E, cs->y);
-    kcheck(F, "expert sum");
     /* the next mix: the next layer's attention, or the output head of a decode step */
     const dweight *next = il + 1 < hp->n_layer ? &cm->L[il + 1].hc_attn_fn : T == 1 ? &cm->out_hc_fn : NULL;
-    F->mix_S = cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, next, cs->hcpart);
-    kcheck(F, "hc post (ffn)");
+    /* the expert sum (shared + routed rows in the CPU's order) happens inside */
+    F->mix_S = cu_hc_post(sm, cs->R, cs->ysh, cs->post, cs->comb, T, C, E, next, cs->hcpart, cs->ye, cs->ids, K);
+    kcheck(F, "expert sum + hc post (ffn)");
 }
 
 /* HC head + output norm + LM head for tokens [t0, t0+n) -> cs->logits */

@@ -337,6 +337,7 @@ void cu_mma_set_min_T(uint32_t min_T);
 void cu_mma_set_moe_bn(uint32_t bn);
 
 /* kernels_ops.cu */
+#define ROUTE_MAX_K 16 /* routed experts a token, at most */
 typedef struct {
     const float *scale, *base; /* [3], [M] device */
     uint32_t C, iters;
@@ -354,9 +355,12 @@ void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const fl
                const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out);
 /* R = post y + comb^T R; with next_fn (M <= 80 rows) also the next
  * hyper-connection's mix partials into part (returns their slice count for
- * hc_params.S / cu_head_hc, 0 when not formed) */
+ * hc_params.S / cu_head_hc, 0 when not formed); with ye (K <= 16 pairs a
+ * token) y is the shared expert's output and the routed rows ye[t*K+k] are
+ * added in cu_moe_sum's order first */
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
-                    uint32_t C, uint32_t E, const dweight *next_fn = NULL, float *part = NULL);
+                    uint32_t C, uint32_t E, const dweight *next_fn = NULL, float *part = NULL,
+                    const float *ye = NULL, const int32_t *ids = NULL, uint32_t K = 0);
 /* rows x n: out = RMSNorm(x; w) (w may be NULL) with its quantized forms; x may be out.f */
 void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps);
 /* Per head of T x H heads of dim D: RMSNorm (no weight, if norm), RoPE tail

@@ -340,7 +340,8 @@ void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const fl
  * fn rows with the new columns, one warp reduction per row. */
 __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const float *y, const float *post,
                                                             const float *comb, uint32_t C, uint32_t E, dweight fn,
-                                                            float *part, uint32_t fn_es) {
+                                                            float *part, uint32_t fn_es, const float *ye,
+                                                            const int32_t *ids, uint32_t K, uint32_t T, uint32_t TB) {
     /* fn_es (2 or 4: F16/BF16 or F32 bytes an element; 0: read fn from
      * global below): the block's fn tile [M][C][HCP_COLS] is copied to
      * shared memory before pdl_wait, under the previous kernel's tail */
@@ -359,25 +360,51 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
     }
     pdl_wait();
     pdl_trigger();
-    __shared__ float s_old[HC_MAX][HCP_COLS], s_new[HC_MAX][HCP_COLS];
+    __shared__ float s_old[HC_MAX][HCP_COLS], s_new[HC_MAX][HCP_COLS], s_y[HCP_COLS];
     __shared__ double s_dot[HC_MIX_MAX + 1];
-    const uint32_t t = blockIdx.y, e0 = blockIdx.x * HCP_COLS, ncol = E - e0 < HCP_COLS ? E - e0 : HCP_COLS;
+    const uint32_t e0 = blockIdx.x * HCP_COLS, ncol = E - e0 < HCP_COLS ? E - e0 : HCP_COLS;
+    /* TB tokens a block (prefill): the fn tile in shared memory serves them all */
+    for (uint32_t tt = 0; tt < TB; tt++) {
+    const uint32_t t = blockIdx.y * TB + tt;
+    if (t >= T) break;
     float *Rt = R + (size_t)t * C * E;
     for (uint32_t i = threadIdx.x; i < C * HCP_COLS; i += HCP_BLOCK) {
         const uint32_t a = i / HCP_COLS, c = i % HCP_COLS;
         s_old[a][c] = c < ncol ? Rt[a * E + e0 + c] : 0.0f;
     }
+    /* the layer output: y, or with ye the FFN's y = shared + the routed
+     * experts' rows in (expert id, k) order (cu_moe_sum's arithmetic) */
+    if (threadIdx.x < HCP_COLS) {
+        const uint32_t c = threadIdx.x;
+        float v = 0.0f;
+        if (c < ncol) {
+            v = y[(size_t)t * E + e0 + c];
+            if (ye) {
+                int order[ROUTE_MAX_K];
+                for (uint32_t k = 0; k < K; k++) order[k] = (int)k;
+                const int32_t *id = ids + (size_t)t * K;
+                for (uint32_t i = 1; i < K; i++) {
+                    const int u = order[i];
+                    int j = (int)i - 1;
+                    while (j >= 0 && (id[order[j]] > id[u])) { order[j + 1] = order[j]; j--; }
+                    order[j + 1] = u;
+                }
+                for (uint32_t i = 0; i < K; i++) v += ye[((size_t)t * K + order[i]) * E + e0 + c];
+            }
+        }
+        s_y[c] = v;
+    }
     __syncthreads();
     const float *cb = comb + (size_t)t * C * C;
     for (uint32_t i = threadIdx.x; i < C * HCP_COLS; i += HCP_BLOCK) {
         const uint32_t b = i / HCP_COLS, c = i % HCP_COLS;
-        float s = c < ncol ? post[t * C + b] * y[(size_t)t * E + e0 + c] : 0.0f;
+        float s = c < ncol ? post[t * C + b] * s_y[c] : 0.0f;
         for (uint32_t a = 0; a < C; a++) s += cb[a * C + b] * s_old[a][c];
         if (c < ncol) Rt[b * E + e0 + c] = s;
         s_new[b][c] = c < ncol ? s : 0.0f;
     }
-    if (!fn.q) return;
-    if (fn_es) asm volatile("cp.async.wait_all;" ::: "memory");
+    if (!fn.q) continue; /* the next token's barrier orders s_old/s_new reuse */
+    if (fn_es && tt == 0) asm volatile("cp.async.wait_all;" ::: "memory");
     __syncthreads();
     const uint32_t M = fn.n_out, S = gridDim.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     for (uint32_t m = wid; m <= M; m += HCP_BLOCK / 32) {
@@ -415,17 +442,20 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
     __syncthreads();
     if (threadIdx.x < M) part[((size_t)t * M + threadIdx.x) * S + blockIdx.x] = (float)s_dot[threadIdx.x];
     else if (threadIdx.x == M) {
-        double *ssp = (double *)(part + (((size_t)gridDim.y * M * S + 1) & ~(size_t)1));
+        double *ssp = (double *)(part + (((size_t)T * M * S + 1) & ~(size_t)1));
         ssp[(size_t)t * S + blockIdx.x] = s_dot[M];
+    }
     }
 }
 
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
-                    uint32_t C, uint32_t E, const dweight *next_fn, float *part) {
+                    uint32_t C, uint32_t E, const dweight *next_fn, float *part, const float *ye, const int32_t *ids,
+                    uint32_t K) {
     dweight none;
     memset(&none, 0, sizeof none);
     const bool mix = next_fn && next_fn->q && next_fn->n_out <= HC_MIX_MAX && part;
-    dim3 grid(cu_hc_post_splits(E), T);
+    const uint32_t TB = T >= 64 ? 8 : 1; /* tokens a block */
+    dim3 grid(cu_hc_post_splits(E), (T + TB - 1) / TB);
     /* the fn tile through shared memory when its rows allow 16-byte copies */
     uint32_t es = 0;
     if (mix) {
@@ -443,7 +473,7 @@ uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post
     }
     const size_t smem = es ? (size_t)next_fn->n_out * C * HCP_COLS * es : 0;
     cu_launch(hc_post_kernel, grid, HCP_BLOCK, smem, st, R, y, post, comb, C, E, mix ? *next_fn : none,
-              mix ? part : NULL, es);
+              mix ? part : NULL, es, ye && K <= ROUTE_MAX_K ? ye : NULL, ids, K, T, TB);
     return mix ? grid.x : 0;
 }
 
@@ -530,7 +560,6 @@ static __device__ __forceinline__ float softplusf_(float x) {
     return x > 20.0f ? x : (x < -20.0f ? expf(x) : log1pf(expf(x)));
 }
 
-#define ROUTE_MAX_K 16
 
 __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
                              const float *bias, int norm, float scale, int32_t *ids, float *wts) {
