@@ -82,7 +82,8 @@ static void emit_text(ds4_dsml_parser *p, ds4_dsml_event_kind kind, const char *
 }
 
 static void consume(ds4_dsml_parser *p, size_t k) {
-    memmove(p->pend, p->pend + k, p->n - k);
+    /* pend may still be NULL (nothing fed): memmove needs valid pointers */
+    if (k && p->n > k) memmove(p->pend, p->pend + k, p->n - k);
     p->n -= k;
     p->searched = 0;
 }

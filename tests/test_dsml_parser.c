@@ -265,8 +265,31 @@ static void test_long_argument_streams(void **state) {
     free(big);
 }
 
+static void test_empty_streams(void **state) {
+    /* never fed, or fed only empty pieces: finishing emits nothing and
+     * reports no error, in both thinking modes */
+    (void)state;
+    for (int thinking = 0; thinking < 2; thinking++)
+        for (int empty_feeds = 0; empty_feeds < 2; empty_feeds++) {
+            collected *c = calloc(1, sizeof *c);
+            ds4_dsml_parser *p = ds4_dsml_parser_new(thinking, on_event, c);
+            assert_non_null(p);
+            if (empty_feeds) {
+                assert_true(ds4_dsml_parser_feed(p, "", 0));
+                assert_true(ds4_dsml_parser_feed(p, "x", 0));
+            }
+            assert_true(ds4_dsml_parser_finish(p));
+            assert_int_equal(c->nr + c->nc + (size_t)c->n_calls + (size_t)c->n_begins, 0);
+            assert_int_equal(ds4_dsml_parser_n_calls(p), 0);
+            assert_false(ds4_dsml_parser_had_error(p));
+            ds4_dsml_parser_free(p);
+            free(c);
+        }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_empty_streams),
         cmocka_unit_test(test_reference_parses),
         cmocka_unit_test(test_plain_and_reasoning),
         cmocka_unit_test(test_tolerant_tool_blocks),

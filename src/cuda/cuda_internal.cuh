@@ -124,13 +124,13 @@ static inline void cu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, si
 
 /* Prefetches bytes [p, p + n) of a weight into L2 (16-byte aligned pieces
  * inside [lo, hi), the weight's allocation): bulk prefetches issued by the
- * calling thread on sm_90, nothing on older cards. */
+ * calling thread on sm_90 (CUDA 12+), nothing on older cards. */
 static __device__ __forceinline__ void l2_prefetch(const uint8_t *p, size_t n, const uint8_t *lo, const uint8_t *hi) {
     uintptr_t a = (uintptr_t)p & ~(uintptr_t)15, b = ((uintptr_t)p + n + 15) & ~(uintptr_t)15;
     if (a < (uintptr_t)lo) a = ((uintptr_t)lo + 15) & ~(uintptr_t)15;
     if (b > (uintptr_t)hi) b = (uintptr_t)hi & ~(uintptr_t)15;
     if (b <= a) return;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && __CUDACC_VER_MAJOR__ >= 12 /* PTX 8.0 */
     for (uintptr_t c = a; c < b; c += 0x10000u) {
         const uint32_t len = b - c < 0x10000u ? (uint32_t)(b - c) : 0x10000u;
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c), "r"(len) : "memory");
