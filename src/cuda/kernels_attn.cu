@@ -7,9 +7,11 @@
  * step: the host never decides between kernels.
  *
  * Compressor: each output dim's state column evolves independently of the
- * others, so one thread per dim walks the chunk's tokens in order (exactly
- * compressor.c's arithmetic, double-precision pooling included); a second
- * kernel normalises, rotates and quantizes the rows that closed.
+ * others; a decode step runs one thread per dim (exactly compressor.c's
+ * arithmetic, double-precision pooling included), a prefill chunk pools every
+ * window that closes in it at once (thread per window and dim, earlier tokens
+ * read from the frontier state) and then rewrites the state; a last kernel
+ * normalises, rotates and quantizes the rows that closed.
  * Indexer scores: with FP4-simulated queries and keys (the default numerics)
  * BF16 tensor cores (mma.sync m16n8k16, f32 sums: exact products of exact
  * BF16 values), else (--exact, odd shapes) the f32 CUDA-core kernel.

@@ -1,8 +1,9 @@
 /* kernels_ops.cu - the element-wise and per-row steps of the forward pass:
- * hyper-connections (mix, Sinkhorn split, collapse, expand), RMSNorm, RoPE
- * and the official low-precision simulations on heads and KV rows, the MoE
- * router, SwiGLU, the per-token expert sum, the pair sort for prefill MoE,
- * the output HC head and argmax.
+ * hyper-connections (mix, Sinkhorn split, collapse, expand; the expand also
+ * adds the routed experts to the FFN output and forms the next mix's
+ * partials), RMSNorm, RoPE and the official low-precision simulations on
+ * heads and KV rows, the MoE router, SwiGLU, the per-token expert sum, the
+ * pair sort for prefill MoE, the output HC head and argmax.
  *
  * Each kernel mirrors a CPU function (ops.c, forward.c, moe.c) and keeps its
  * arithmetic order where that is cheap (RMSNorm sums in double, Sinkhorn and
