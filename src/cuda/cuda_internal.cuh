@@ -89,8 +89,8 @@ static inline act_view av_of(const dact &a, uint32_t off = 0) {
  * reads (griddepcontrol.wait returns once the preceding grids have completed
  * and their writes are visible), then pdl_trigger() so the next kernel may be
  * scheduled. Work before pdl_wait() may only touch the weights (constant):
- * the mat-vec prefetches its weight rows into L2 there, so a decode step's
- * HBM reads start under the previous kernel's tail. On older cards and with
+ * hc_post copies its fn tile and hc_pre prefetches its norm weights there,
+ * under the previous kernel's tail. On older cards and with
  * DS4_CUDA_PDL=0 the launch is an ordinary one and both calls are no-ops. */
 static __device__ __forceinline__ void pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

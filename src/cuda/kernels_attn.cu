@@ -27,111 +27,7 @@
 #include <string.h>
 
 #include "cuda_internal.cuh"
-
-/* ------------------------------------------------------------------------ */
-/* shared row helpers (duplicated from kernels_ops.cu: no device linking) */
-
-static __device__ void arow_rmsnorm(float *x, uint32_t n, const float *w, float eps, double *red) {
-    double ss = 0;
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) ss += (double)x[i] * x[i];
-    ss = block_sum_d(ss, red);
-    const float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = w ? __fmul_rn(__fmul_rn(x[i], scale), w[i]) : __fmul_rn(x[i], scale);
-    __syncthreads();
-}
-
-static __device__ void arow_rope(float *x, uint32_t dim, uint32_t n_rot, const float *inv_freq, int64_t pos, bool inverse) {
-    float *r = x + dim - n_rot;
-    #pragma unroll 4
-    for (uint32_t k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
-        const float theta = __fmul_rn((float)pos, inv_freq[k]);
-        const float c = cosf(theta);
-        float s = sinf(theta);
-        if (inverse) s = -s;
-        const float a = r[2 * k], b = r[2 * k + 1];
-        r[2 * k] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-        r[2 * k + 1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-    }
-    __syncthreads();
-}
-
-static __device__ __forceinline__ float pow2_ceil_a(float y) {
-    int e;
-    const float m = frexpf(y, &e);
-    return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
-}
-
-static __device__ __forceinline__ float round_e4m3_a(float v) {
-    if (v < 0.015625f) return rintf(v * 512.0f) / 512.0f;
-    int e;
-    frexpf(v, &e);
-    const float step = ldexpf(1.0f, e - 1 - 3);
-    return rintf(v / step) * step;
-}
-
-static __device__ __forceinline__ float round_e2m1_a(float v) {
-    if (v <= 0.25f) return 0.0f;
-    if (v < 0.75f) return 0.5f;
-    if (v <= 1.25f) return 1.0f;
-    if (v < 1.75f) return 1.5f;
-    if (v <= 2.5f) return 2.0f;
-    if (v < 3.5f) return 3.0f;
-    if (v <= 5.0f) return 4.0f;
-    return 6.0f;
-}
-
-static __device__ void arow_fp8(float *x, uint32_t n) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (uint32_t b = (uint32_t)wid * 64; b < n; b += (uint32_t)nw * 64) {
-        const uint32_t m = n - b < 64 ? n - b : 64;
-        const float v0 = (uint32_t)lane < m ? x[b + lane] : 0.0f, v1 = (uint32_t)lane + 32 < m ? x[b + lane + 32] : 0.0f;
-        const float amax = warp_max(fmaxf(fabsf(v0), fabsf(v1)));
-        const float scale = pow2_ceil_a(fmaxf(amax, 1e-4f) / 448.0f);
-        if ((uint32_t)lane < m) {
-            const float v = fminf(fmaxf(v0 / scale, -448.0f), 448.0f);
-            x[b + lane] = copysignf(round_e4m3_a(fabsf(v)), v) * scale;
-        }
-        if ((uint32_t)lane + 32 < m) {
-            const float v = fminf(fmaxf(v1 / scale, -448.0f), 448.0f);
-            x[b + lane + 32] = copysignf(round_e4m3_a(fabsf(v)), v) * scale;
-        }
-    }
-    __syncthreads();
-}
-
-static __device__ void arow_fp4(float *x, uint32_t n) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (uint32_t b = (uint32_t)wid * 32; b < n; b += (uint32_t)nw * 32) {
-        const uint32_t m = n - b < 32 ? n - b : 32;
-        const float v0 = (uint32_t)lane < m ? x[b + lane] : 0.0f;
-        const float amax = warp_max(fabsf(v0));
-        const float scale = pow2_ceil_a(fmaxf(amax, 7.052966104933725e-38f) / 6.0f);
-        if ((uint32_t)lane < m) {
-            const float v = fminf(fmaxf(v0 / scale, -6.0f), 6.0f);
-            x[b + lane] = copysignf(round_e2m1_a(fabsf(v)), v) * scale;
-        }
-    }
-    __syncthreads();
-}
-
-static __device__ void arow_hadamard(float *x, uint32_t n) {
-    for (uint32_t h = 1; h < n; h <<= 1) {
-        #pragma unroll 4
-        for (uint32_t idx = threadIdx.x; idx < n / 2; idx += blockDim.x) {
-            const uint32_t i = (idx / h) * 2 * h + (idx % h);
-            const float a = x[i], b = x[i + h];
-            x[i] = a + b;
-            x[i + h] = a - b;
-        }
-        __syncthreads();
-    }
-    const float s = (float)(1.0 / sqrt((double)n));
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
-    __syncthreads();
-}
+#include "row_ops.cuh"
 
 /* ------------------------------------------------------------------------ */
 /* compressor */
@@ -298,14 +194,14 @@ __global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0
     #pragma unroll 4
     for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = pooled[(size_t)blockIdx.x * dim + i];
     __syncthreads();
-    arow_rmsnorm(s_row, dim, cp.norm, cp.eps, red);
-    arow_rope(s_row, dim, cp.n_rot, cp.inv_freq, ri * ratio, false);
+    srow_rmsnorm(s_row, dim, cp.norm, cp.eps, red);
+    srow_rope(s_row, dim, cp.n_rot, cp.inv_freq, ri * ratio, false);
     if (cp.sim) {
         if (cp.indexer) {
-            arow_hadamard(s_row, dim);
-            arow_fp4(s_row, dim);
+            srow_hadamard(s_row, dim);
+            srow_fp4(s_row, dim);
         } else {
-            arow_fp8(s_row, dim - cp.n_rot);
+            srow_fp8(s_row, dim - cp.n_rot);
             if (cp.f16)
                 #pragma unroll 4
                 for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = round_f16(s_row[i]);
@@ -822,7 +718,7 @@ __global__ void attn_combine_kernel(attn_params ap, const int64_t *pos0, uint32_
         s_row[d] = acc * inv;
     }
     __syncthreads();
-    arow_rope(s_row, D, ap.n_rot, ap.inv_freq, pos0[0] + t, true);
+    srow_rope(s_row, D, ap.n_rot, ap.inv_freq, pos0[0] + t, true);
     const size_t o = ((size_t)t * H + h) * D;
     #pragma unroll 4
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) out[o + d] = s_row[d];

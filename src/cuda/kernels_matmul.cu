@@ -465,7 +465,6 @@ typedef struct {
     uint32_t T;
     int n_jobs;
     int need_iq2;
-    int prefetch; /* L2 prefetch of a block's rows first (DS4_CUDA_MV_PREFETCH=1; measured slower) */
     int fast;     /* IQ2_XXS / Q2_K one-pass decode paths (DS4_CUDA_MV_FAST=0: off) */
     uint32_t rpw; /* rows per warp */
 } mv_launch;
@@ -476,9 +475,6 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint64_
     __syncthreads();
 }
 
-/* rows a warp handles in turn at T <= 4 (fewer, longer-lived blocks: the
- * IQ2 table load and the block launch amortise over more rows) */
-#define MV_RPW_SMALL 2
 
 /* OCC: the decode variant capped at 48 registers (5 blocks, 40 warps an SM:
  * more weight bytes in flight, a few spills); chosen with DS4_CUDA_MV_OCC=1 */
@@ -696,24 +692,9 @@ static __device__ __forceinline__ void q8_rows_1pass(const mv_job &J, uint32_t m
     }
 }
 
-/* The weight bytes of rows [row0, row0 + n) of matrix-row space into L2 */
-static __device__ __forceinline__ void prefetch_rows(const dweight &w, uint64_t row0, uint32_t n) {
-    const uint64_t all = (uint64_t)(w.n_mat ? w.n_mat : 1) * w.n_out;
-    if (row0 >= all) return;
-    if (row0 + n > all) n = (uint32_t)(all - row0);
-    l2_prefetch(w.q + row0 * w.row_bytes, (size_t)n * w.row_bytes, w.q, w.q + all * w.row_bytes);
-    if (w.d) {
-        const uint64_t spr = dw_scales_per_row(w.type, w.n_in);
-        const uint8_t *d = (const uint8_t *)w.d;
-        l2_prefetch(d + row0 * spr * 2, (size_t)n * spr * 2, d, d + all * spr * 2);
-    }
-}
-
 /* OCC: the decode variant capped at 64 registers (4 blocks, 32 warps an SM:
- * more weight bytes in flight), for the Q8_0 (+ F16) instantiations.
- * A block first prefetches all its weight rows into L2 (before pdl_wait when
- * the matrix does not depend on routing), so the HBM reads of its rows are in
- * flight at once rather than one warp-load at a time. */
+ * more weight bytes in flight), for the Q8_0 (+ F16) instantiations. Only
+ * the expert id (routing output) waits for the previous kernel's writes. */
 template <int NT, bool OCC, uint32_t TYPES = TB_ALL>
 __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matvec_kernel(const __grid_constant__ mv_launch L) {
     __shared__ uint64_t s_grid[256];
@@ -726,15 +707,12 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
     const uint32_t rbp = (J.n_rows + rows_pb - 1) / rows_pb;
     const uint32_t pair = local / rbp;
     const uint32_t rb0 = (local % rbp) * rows_pb;
-    const uint32_t nrb = J.n_rows - rb0 < rows_pb ? J.n_rows - rb0 : rows_pb;
-    if (!J.mat_ids && L.prefetch && threadIdx.x == 0) prefetch_rows(J.w, (uint64_t)J.mat * J.w.n_out + J.row0 + rb0, nrb);
     pdl_wait();
     pdl_trigger();
     uint32_t mat = J.mat;
     if (J.mat_ids) {
         const int32_t e = J.mat_ids[pair];
         mat = e >= 0 && (uint32_t)e < J.w.n_mat ? (uint32_t)e : 0;
-        if (L.prefetch && threadIdx.x == 0) prefetch_rows(J.w, (uint64_t)mat * J.w.n_out + J.row0 + rb0, nrb);
     }
     if (L.need_iq2) load_iq2_tables(s_grid, s_smask);
     if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
@@ -787,11 +765,8 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         memset(&L, 0, sizeof L);
         L.T = T;
         L.n_jobs = n_jobs - base < MV_MAX_JOBS ? n_jobs - base : MV_MAX_JOBS;
-        uint32_t rows = 0;
-        for (int j = 0; j < L.n_jobs; j++) rows += (jobs[base + j].n_pairs ? jobs[base + j].n_pairs : 1) * jobs[base + j].n_rows;
-        /* rows a warp at T = 1: DS4_CUDA_MV_RPW (default 2: +1% on H200);
-         * the L2 prefetch (DS4_CUDA_MV_PREFETCH=1) measured 2% slower */
-        static int rpw_env = -1, pf_env = -1, fast_env = 1, rpw2_env = 8;
+        /* rows a warp at T = 1: DS4_CUDA_MV_RPW (default 2: +1% on H200) */
+        static int rpw_env = -1, fast_env = 1, rpw2_env = 8;
         if (rpw_env < 0) {
             const char *f = getenv("DS4_CUDA_MV_FAST");
             fast_env = !(f && *f == '0');
@@ -801,12 +776,8 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
             g_mv_spec = !(sp && *sp == '0');
             const char *e = getenv("DS4_CUDA_MV_RPW");
             rpw_env = e && atoi(e) >= 1 && atoi(e) <= 8 ? atoi(e) : 2;
-            e = getenv("DS4_CUDA_MV_PREFETCH");
-            pf_env = e && *e == '1';
         }
-        (void)rows;
         L.rpw = T == 1 ? (uint32_t)rpw_env : 1;
-        L.prefetch = pf_env;
         uint32_t types = 0;
         for (int j = 0; j < L.n_jobs; j++) types |= TB(jobs[base + j].w.type);
         /* the one-pass paths (2-bit expert formats, Q8_0 rows <= 2048) keep

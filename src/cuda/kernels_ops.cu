@@ -12,113 +12,10 @@
  * CPU function with a per-op tolerance.
  */
 #include "cuda_internal.cuh"
+#include "row_ops.cuh"
 
 /* ------------------------------------------------------------------------ */
-/* block-cooperative row steps on a shared-memory row */
-
-static __device__ void srow_rmsnorm(float *x, uint32_t n, const float *w, float eps, double *red) {
-    double ss = 0;
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) ss += (double)x[i] * x[i];
-    ss = block_sum_d(ss, red);
-    const float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = w ? __fmul_rn(__fmul_rn(x[i], scale), w[i]) : __fmul_rn(x[i], scale);
-    __syncthreads();
-}
-
-static __device__ void srow_rope(float *x, uint32_t dim, uint32_t n_rot, const float *inv_freq, int64_t pos, bool inverse) {
-    float *r = x + dim - n_rot;
-    #pragma unroll 4
-    for (uint32_t k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
-        const float theta = __fmul_rn((float)pos, inv_freq[k]);
-        const float c = cosf(theta);
-        float s = sinf(theta);
-        if (inverse) s = -s;
-        const float a = r[2 * k], b = r[2 * k + 1];
-        r[2 * k] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-        r[2 * k + 1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-    }
-    __syncthreads();
-}
-
-static __device__ __forceinline__ float pow2_ceil(float y) {
-    int e;
-    const float m = frexpf(y, &e);
-    return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
-}
-
-static __device__ __forceinline__ float round_e4m3(float v) {
-    if (v < 0.015625f) return rintf(v * 512.0f) / 512.0f;
-    int e;
-    frexpf(v, &e);
-    const float step = ldexpf(1.0f, e - 1 - 3);
-    return rintf(v / step) * step;
-}
-
-static __device__ __forceinline__ float round_e2m1(float v) {
-    if (v <= 0.25f) return 0.0f;
-    if (v < 0.75f) return 0.5f;
-    if (v <= 1.25f) return 1.0f;
-    if (v < 1.75f) return 1.5f;
-    if (v <= 2.5f) return 2.0f;
-    if (v < 3.5f) return 3.0f;
-    if (v <= 5.0f) return 4.0f;
-    return 6.0f;
-}
-
-/* FP8 E4M3 simulation of x[0..n) in 64-value blocks (one warp per block). */
-static __device__ void srow_fp8(float *x, uint32_t n) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (uint32_t b = (uint32_t)wid * 64; b < n; b += (uint32_t)nw * 64) {
-        const uint32_t m = n - b < 64 ? n - b : 64;
-        const float v0 = (uint32_t)lane < m ? x[b + lane] : 0.0f, v1 = (uint32_t)lane + 32 < m ? x[b + lane + 32] : 0.0f;
-        const float amax = warp_max(fmaxf(fabsf(v0), fabsf(v1)));
-        const float scale = pow2_ceil(fmaxf(amax, 1e-4f) / 448.0f);
-        if ((uint32_t)lane < m) {
-            const float v = fminf(fmaxf(v0 / scale, -448.0f), 448.0f);
-            x[b + lane] = copysignf(round_e4m3(fabsf(v)), v) * scale;
-        }
-        if ((uint32_t)lane + 32 < m) {
-            const float v = fminf(fmaxf(v1 / scale, -448.0f), 448.0f);
-            x[b + lane + 32] = copysignf(round_e4m3(fabsf(v)), v) * scale;
-        }
-    }
-    __syncthreads();
-}
-
-/* FP4 E2M1 simulation in 32-value blocks (one warp per block). */
-static __device__ void srow_fp4(float *x, uint32_t n) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (uint32_t b = (uint32_t)wid * 32; b < n; b += (uint32_t)nw * 32) {
-        const uint32_t m = n - b < 32 ? n - b : 32;
-        const float v0 = (uint32_t)lane < m ? x[b + lane] : 0.0f;
-        const float amax = warp_max(fabsf(v0));
-        const float scale = pow2_ceil(fmaxf(amax, 7.052966104933725e-38f) / 6.0f);
-        if ((uint32_t)lane < m) {
-            const float v = fminf(fmaxf(v0 / scale, -6.0f), 6.0f);
-            x[b + lane] = copysignf(round_e2m1(fabsf(v)), v) * scale;
-        }
-    }
-    __syncthreads();
-}
-
-static __device__ void srow_hadamard(float *x, uint32_t n) {
-    for (uint32_t h = 1; h < n; h <<= 1) {
-        #pragma unroll 4
-        for (uint32_t idx = threadIdx.x; idx < n / 2; idx += blockDim.x) {
-            const uint32_t i = (idx / h) * 2 * h + (idx % h);
-            const float a = x[i], b = x[i + h];
-            x[i] = a + b;
-            x[i + h] = a - b;
-        }
-        __syncthreads();
-    }
-    const float s = (float)(1.0 / sqrt((double)n));
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
-    __syncthreads();
-}
+/* block-cooperative row steps on a shared-memory row (row_ops.cuh) */
 
 static __device__ void srow_f16(float *x, uint32_t n) {
     #pragma unroll 4
@@ -333,6 +230,25 @@ void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const fl
     cu_launch(hc_pre_kernel, dim3(T, 2), 1024, E * sizeof(float), st, hp, part, T, R, E, norm, rms_eps, pre, post, comb, out);
 }
 
+/* Column e of token t's FFN output: the shared expert's value plus the
+ * routed rows ye[t*K + k] in (expert id, k) order, the CPU's accumulation
+ * order (moe_sum_kernel; hc_post_kernel with ye). */
+static __device__ float moe_sum_at(float shared, const float *ye, const int32_t *ids, uint32_t t, uint32_t K,
+                                   uint32_t E, uint32_t e) {
+    int order[ROUTE_MAX_K];
+    for (uint32_t k = 0; k < K; k++) order[k] = (int)k;
+    const int32_t *id = ids + (size_t)t * K;
+    for (uint32_t i = 1; i < K; i++) {
+        const int v = order[i];
+        int j = (int)i - 1;
+        while (j >= 0 && (id[order[j]] > id[v])) { order[j + 1] = order[j]; j--; }
+        order[j + 1] = v;
+    }
+    float s = shared;
+    for (uint32_t i = 0; i < K; i++) s += ye[((size_t)t * K + order[i]) * E + e];
+    return s;
+}
+
 /* R = post y + comb^T R on HCP_COLS columns e of a token. With fn.q set it
  * also forms the next hyper-connection's mix partials from the new R (what
  * cu_hc_mix would compute, sliced by these column blocks): one launch and one
@@ -380,18 +296,7 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
         float v = 0.0f;
         if (c < ncol) {
             v = y[(size_t)t * E + e0 + c];
-            if (ye) {
-                int order[ROUTE_MAX_K];
-                for (uint32_t k = 0; k < K; k++) order[k] = (int)k;
-                const int32_t *id = ids + (size_t)t * K;
-                for (uint32_t i = 1; i < K; i++) {
-                    const int u = order[i];
-                    int j = (int)i - 1;
-                    while (j >= 0 && (id[order[j]] > id[u])) { order[j + 1] = order[j]; j--; }
-                    order[j + 1] = u;
-                }
-                for (uint32_t i = 0; i < K; i++) v += ye[((size_t)t * K + order[i]) * E + e0 + c];
-            }
+            if (ye) v = moe_sum_at(v, ye, ids, t, K, E, e0 + c);
         }
         s_y[c] = v;
     }
@@ -652,19 +557,7 @@ __global__ void moe_sum_kernel(const float *ysh, const float *ye, const int32_t 
     pdl_trigger();
     const uint32_t t = blockIdx.y, e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
-    /* pairs of this token in (expert id, k) order: the CPU's accumulation order */
-    int order[ROUTE_MAX_K];
-    for (uint32_t k = 0; k < K; k++) order[k] = (int)k;
-    const int32_t *id = ids + (size_t)t * K;
-    for (uint32_t i = 1; i < K; i++) {
-        const int v = order[i];
-        int j = (int)i - 1;
-        while (j >= 0 && (id[order[j]] > id[v])) { order[j + 1] = order[j]; j--; }
-        order[j + 1] = v;
-    }
-    float s = ysh[(size_t)t * E + e];
-    for (uint32_t i = 0; i < K; i++) s += ye[((size_t)t * K + order[i]) * E + e];
-    y[(size_t)t * E + e] = s;
+    y[(size_t)t * E + e] = moe_sum_at(ysh[(size_t)t * E + e], ye, ids, t, K, E, e);
 }
 
 void cu_moe_sum(cudaStream_t st, const float *ysh, const float *ye, const int32_t *ids, uint32_t T, uint32_t K,
