@@ -17,6 +17,7 @@
  * DeepSeek's, byte for byte: the model was trained on them.
  */
 #include "chat_template.h"
+#include "strbuf.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -80,35 +81,6 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* growable byte buffer */
-
-typedef struct {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->n + n + 1) nc *= 2;
-        char *q = realloc(b->p, nc);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-/* ------------------------------------------------------------------------ */
 /* json: reader */
 
 typedef struct jv jv;
@@ -168,7 +140,7 @@ static bool read_hex4(jreader *r, unsigned *out) {
     return true;
 }
 
-static void put_cp(sbuf *b, unsigned cp) {
+static void put_cp(ds4_strbuf *b, unsigned cp) {
     char u[4];
     size_t l;
     if (cp < 0x80) {
@@ -190,11 +162,11 @@ static void put_cp(sbuf *b, unsigned cp) {
         u[3] = (char)(0x80 | (cp & 0x3F));
         l = 4;
     }
-    sb_put(b, u, l);
+    ds4_sb_put(b, u, l);
 }
 
 static bool jread_string(jreader *r, char **out, size_t *len) {
-    sbuf b = {0};
+    ds4_strbuf b = {0};
     r->i++; /* opening quote */
     for (;;) {
         if (r->i >= r->n) {
@@ -215,7 +187,7 @@ static bool jread_string(jreader *r, char **out, size_t *len) {
         if (c != '\\') {
             size_t j = r->i;
             while (j < r->n && r->s[j] != '"' && r->s[j] != '\\' && (unsigned char)r->s[j] >= 0x20) j++;
-            sb_put(&b, r->s + r->i, j - r->i);
+            ds4_sb_put(&b, r->s + r->i, j - r->i);
             r->i = j;
             continue;
         }
@@ -227,14 +199,14 @@ static bool jread_string(jreader *r, char **out, size_t *len) {
         char e = r->s[r->i + 1];
         r->i += 2;
         switch (e) {
-        case '"': sb_put(&b, "\"", 1); break;
-        case '\\': sb_put(&b, "\\", 1); break;
-        case '/': sb_put(&b, "/", 1); break;
-        case 'b': sb_put(&b, "\b", 1); break;
-        case 'f': sb_put(&b, "\f", 1); break;
-        case 'n': sb_put(&b, "\n", 1); break;
-        case 'r': sb_put(&b, "\r", 1); break;
-        case 't': sb_put(&b, "\t", 1); break;
+        case '"': ds4_sb_put(&b, "\"", 1); break;
+        case '\\': ds4_sb_put(&b, "\\", 1); break;
+        case '/': ds4_sb_put(&b, "/", 1); break;
+        case 'b': ds4_sb_put(&b, "\b", 1); break;
+        case 'f': ds4_sb_put(&b, "\f", 1); break;
+        case 'n': ds4_sb_put(&b, "\n", 1); break;
+        case 'r': ds4_sb_put(&b, "\r", 1); break;
+        case 't': ds4_sb_put(&b, "\t", 1); break;
         case 'u': {
             unsigned u;
             if (!read_hex4(r, &u)) {
@@ -484,8 +456,8 @@ static bool json_parse(const char *s, size_t n, jv *v, const char **err) {
 /* ------------------------------------------------------------------------ */
 /* json: Python-style writer */
 
-static void py_str(sbuf *b, const char *s, size_t n) {
-    sb_put(b, "\"", 1);
+static void py_str(ds4_strbuf *b, const char *s, size_t n) {
+    ds4_sb_put(b, "\"", 1);
     size_t i = 0;
     while (i < n) {
         size_t j = i;
@@ -495,47 +467,47 @@ static void py_str(sbuf *b, const char *s, size_t n) {
             if (c == 0xED && j + 2 < n && (unsigned char)s[j + 1] >= 0xA0) break; /* surrogate */
             j++;
         }
-        sb_put(b, s + i, j - i);
+        ds4_sb_put(b, s + i, j - i);
         if (j >= n) break;
         unsigned char c = (unsigned char)s[j];
         char esc[8];
         switch (c) {
-        case '"': sb_put(b, "\\\"", 2); break;
-        case '\\': sb_put(b, "\\\\", 2); break;
-        case '\n': sb_put(b, "\\n", 2); break;
-        case '\r': sb_put(b, "\\r", 2); break;
-        case '\t': sb_put(b, "\\t", 2); break;
-        case '\b': sb_put(b, "\\b", 2); break;
-        case '\f': sb_put(b, "\\f", 2); break;
+        case '"': ds4_sb_put(b, "\\\"", 2); break;
+        case '\\': ds4_sb_put(b, "\\\\", 2); break;
+        case '\n': ds4_sb_put(b, "\\n", 2); break;
+        case '\r': ds4_sb_put(b, "\\r", 2); break;
+        case '\t': ds4_sb_put(b, "\\t", 2); break;
+        case '\b': ds4_sb_put(b, "\\b", 2); break;
+        case '\f': ds4_sb_put(b, "\\f", 2); break;
         case 0xED: {
             unsigned cp = ((c & 0x0Fu) << 12) | (((unsigned char)s[j + 1] & 0x3Fu) << 6) | ((unsigned char)s[j + 2] & 0x3Fu);
             snprintf(esc, sizeof esc, "\\u%04x", cp);
-            sb_put(b, esc, 6);
+            ds4_sb_put(b, esc, 6);
             j += 2;
             break;
         }
         default:
             snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_put(b, esc, 6);
+            ds4_sb_put(b, esc, 6);
         }
         i = j + 1;
     }
-    sb_put(b, "\"", 1);
+    ds4_sb_put(b, "\"", 1);
 }
 
 /* repr() of a Python float: shortest digits that round-trip; exponent form
  * when the decimal exponent is < -4 or >= 16. */
-static void py_float(sbuf *b, double d) {
+static void py_float(ds4_strbuf *b, double d) {
     if (isnan(d)) {
-        sb_puts(b, "NaN");
+        ds4_sb_puts(b, "NaN");
         return;
     }
     if (isinf(d)) {
-        sb_puts(b, d < 0 ? "-Infinity" : "Infinity");
+        ds4_sb_puts(b, d < 0 ? "-Infinity" : "Infinity");
         return;
     }
     if (d == 0) {
-        sb_puts(b, signbit(d) ? "-0.0" : "0.0");
+        ds4_sb_puts(b, signbit(d) ? "-0.0" : "0.0");
         return;
     }
     char tmp[64];
@@ -552,63 +524,63 @@ static void py_float(sbuf *b, double d) {
         if (*q >= '0' && *q <= '9') digits[nd++] = *q;
     int e = atoi(q + 1);
     while (nd > 1 && digits[nd - 1] == '0') nd--;
-    if (neg) sb_put(b, "-", 1);
+    if (neg) ds4_sb_put(b, "-", 1);
     if (e >= -4 && e < 16) {
         if (e >= 0) {
-            for (int k = 0; k <= e; k++) sb_put(b, (size_t)k < nd ? &digits[k] : "0", 1);
-            sb_put(b, ".", 1);
+            for (int k = 0; k <= e; k++) ds4_sb_put(b, (size_t)k < nd ? &digits[k] : "0", 1);
+            ds4_sb_put(b, ".", 1);
             if ((size_t)e + 1 < nd)
-                sb_put(b, digits + e + 1, nd - (size_t)e - 1);
+                ds4_sb_put(b, digits + e + 1, nd - (size_t)e - 1);
             else
-                sb_put(b, "0", 1);
+                ds4_sb_put(b, "0", 1);
         } else {
-            sb_put(b, "0.", 2);
-            for (int k = 0; k < -e - 1; k++) sb_put(b, "0", 1);
-            sb_put(b, digits, nd);
+            ds4_sb_put(b, "0.", 2);
+            for (int k = 0; k < -e - 1; k++) ds4_sb_put(b, "0", 1);
+            ds4_sb_put(b, digits, nd);
         }
     } else {
-        sb_put(b, digits, 1);
+        ds4_sb_put(b, digits, 1);
         if (nd > 1) {
-            sb_put(b, ".", 1);
-            sb_put(b, digits + 1, nd - 1);
+            ds4_sb_put(b, ".", 1);
+            ds4_sb_put(b, digits + 1, nd - 1);
         }
         char ex[16];
         snprintf(ex, sizeof ex, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
-        sb_puts(b, ex);
+        ds4_sb_puts(b, ex);
     }
 }
 
-static void py_dumps(sbuf *b, const jv *v) {
+static void py_dumps(ds4_strbuf *b, const jv *v) {
     switch (v->t) {
-    case 'n': sb_puts(b, "null"); break;
-    case 't': sb_puts(b, "true"); break;
-    case 'f': sb_puts(b, "false"); break;
+    case 'n': ds4_sb_puts(b, "null"); break;
+    case 't': ds4_sb_puts(b, "true"); break;
+    case 'f': ds4_sb_puts(b, "false"); break;
     case 's': py_str(b, v->s, v->n); break;
     case 'd':
         if (!v->is_float)
-            sb_puts(b, strcmp(v->s, "-0") == 0 ? "0" : v->s);
+            ds4_sb_puts(b, strcmp(v->s, "-0") == 0 ? "0" : v->s);
         else if (v->s[0] == 'N' || v->s[0] == 'I' || v->s[1] == 'I')
-            sb_puts(b, v->s);
+            ds4_sb_puts(b, v->s);
         else
             py_float(b, strtod(v->s, NULL));
         break;
     case 'a':
-        sb_put(b, "[", 1);
+        ds4_sb_put(b, "[", 1);
         for (size_t i = 0; i < v->nk; i++) {
-            if (i) sb_put(b, ", ", 2);
+            if (i) ds4_sb_put(b, ", ", 2);
             py_dumps(b, &v->kids[i]);
         }
-        sb_put(b, "]", 1);
+        ds4_sb_put(b, "]", 1);
         break;
     case 'o':
-        sb_put(b, "{", 1);
+        ds4_sb_put(b, "{", 1);
         for (size_t i = 0; i < v->nk; i++) {
-            if (i) sb_put(b, ", ", 2);
+            if (i) ds4_sb_put(b, ", ", 2);
             py_str(b, v->keys[i], v->klen[i]);
-            sb_put(b, ": ", 2);
+            ds4_sb_put(b, ": ", 2);
             py_dumps(b, &v->kids[i]);
         }
-        sb_put(b, "}", 1);
+        ds4_sb_put(b, "}", 1);
         break;
     }
 }
@@ -620,7 +592,7 @@ char *ds4_json_python_dumps(const char *json, size_t len, char *err, size_t errl
         set_err(err, errlen, "invalid JSON: %s", e);
         return NULL;
     }
-    sbuf b = {0};
+    ds4_strbuf b = {0};
     py_dumps(&b, &v);
     jv_free(&v);
     if (b.oom || !b.p) {
@@ -632,7 +604,7 @@ char *ds4_json_python_dumps(const char *json, size_t len, char *err, size_t errl
 }
 
 char *ds4_json_python_quote(const char *s, size_t n) {
-    sbuf b = {0};
+    ds4_strbuf b = {0};
     py_str(&b, s, n);
     if (b.oom) {
         free(b.p);
@@ -874,7 +846,7 @@ static void render_tools(out_t *o, const jv *tools) {
         if (t->t == 'o')
             for (size_t k = 0; k < t->nk; k++)
                 if (t->klen[k] == 8 && !memcmp(t->keys[k], "function", 8)) t = &t->kids[k];
-        sbuf b = {0};
+        ds4_strbuf b = {0};
         py_dumps(&b, t);
         if (b.oom) o->oom = true;
         if (i) put(o, "\n");
@@ -921,7 +893,7 @@ static void render_tool_call(out_t *o, const ds4_chat_tool_call *tc) {
             if (v->t == 's') {
                 render_param(o, args.keys[k], args.klen[k], true, v->s, v->n);
             } else {
-                sbuf b = {0};
+                ds4_strbuf b = {0};
                 py_dumps(&b, v);
                 if (b.oom) o->oom = true;
                 render_param(o, args.keys[k], args.klen[k], false, b.p ? b.p : "", b.n);

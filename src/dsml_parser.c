@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "chat_template.h"
+#include "strbuf.h"
 
 #define DSML "\xef\xbd\x9c" "DSML\xef\xbd\x9c"
 static const char M_THINK_END[] = "</think>";
@@ -108,37 +109,13 @@ static size_t partial_suffix(const char *s, size_t n, const char *m) {
 
 /* ---- one invoke ---- */
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} buf_t;
-
-static void bput(buf_t *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 128;
-        while (nc < b->n + n + 1) nc *= 2;
-        char *q = realloc(b->p, nc);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void bput_quoted(buf_t *b, const char *s, size_t n) {
+static void bput_quoted(ds4_strbuf *b, const char *s, size_t n) {
     char *q = ds4_json_python_quote(s, n);
     if (!q) {
         b->oom = true;
         return;
     }
-    bput(b, q, strlen(q));
+    ds4_sb_put(b, q, strlen(q));
     free(q);
 }
 
@@ -172,7 +149,7 @@ static const char *parse_invoke_header(const char *s, const char *e, const char 
 /* s..e is one complete invoke, from "<｜DSML｜invoke" to "</｜DSML｜invoke>".
  * Builds the arguments object like the reference's decode_dsml_to_arguments:
  * {"key": value, ...} with ", " and ": " separators. */
-static bool parse_invoke(const char *s, const char *e, const char **name, size_t *nn, buf_t *args) {
+static bool parse_invoke(const char *s, const char *e, const char **name, size_t *nn, ds4_strbuf *args) {
     const char *q = parse_invoke_header(s, e, name, nn);
     if (!q) return false;
     const char *end = e - (sizeof M_INVOKE_CLOSE - 1);
@@ -232,15 +209,15 @@ static bool parse_invoke(const char *s, const char *e, const char **name, size_t
         q = ve + sizeof M_PARAM_CLOSE - 1;
         ok = true;
     }
-    bput(args, "{", 1);
+    ds4_sb_put(args, "{", 1);
     for (int k = 0; k < np; k++) {
-        if (k) bput(args, ", ", 2);
+        if (k) ds4_sb_put(args, ", ", 2);
         bput_quoted(args, keys[k], klens[k]);
-        bput(args, ": ", 2);
-        bput(args, vals[k], strlen(vals[k]));
+        ds4_sb_put(args, ": ", 2);
+        ds4_sb_put(args, vals[k], strlen(vals[k]));
         free(vals[k]);
     }
-    bput(args, "}", 1);
+    ds4_sb_put(args, "}", 1);
     return ok && !args->oom;
 }
 
@@ -368,7 +345,7 @@ static void step(ds4_dsml_parser *p, bool final) {
                 return;
             }
             const char *e = close + sizeof M_INVOKE_CLOSE - 1;
-            buf_t args = {0};
+            ds4_strbuf args = {0};
             if (!parse_invoke(s, e, &name, &nn, &args)) {
                 free(args.p);
                 if (args.oom) {
