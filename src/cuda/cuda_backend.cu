@@ -979,6 +979,7 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         d.n_pairs = K;
         d.x_pair = 1;
         d.y_pair = 1;
+        d.ids_early = 1; /* route ran two launches back: the down rows can be prefetched under SwiGLU */
         cu_matvec(sm, &d, 1, 1);
     } else {
         cu_moe_sort(sm, cs->ids, T * K, X, cs->cnt, cs->off, cs->list);

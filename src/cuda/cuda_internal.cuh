@@ -312,6 +312,8 @@ typedef struct {
     float *y;                /* y[t][r] at y + t*y_stride + r (r relative to row0) */
     uint32_t y_stride;
     int exact;               /* keep the exact kernels at any T (the router: expert choices) */
+    int ids_early;           /* mat_ids were written two or more launches earlier (complete when this
+                                launch starts): decode may read them before pdl_wait to prefetch */
 } mv_job;
 /* y = W x for T tokens, several independent products in one launch. */
 void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);

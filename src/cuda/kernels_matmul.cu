@@ -467,7 +467,52 @@ typedef struct {
     int need_iq2;
     int fast;     /* IQ2_XXS / Q2_K one-pass decode paths (DS4_CUDA_MV_FAST=0: off) */
     uint32_t rpw; /* rows per warp */
+    int iq2_table_signs; /* IQ2_XXS one-pass: sign masks from the smask table (DS4_CUDA_IQ2_SIGNS=table) */
+    uint32_t pf_blocks; /* decode: blocks [0, pf_blocks) prefetch the launch's weights into L2 */
+    uint64_t pf_max;    /* at most this many bytes (the first in block order) */
 } mv_launch;
+
+/* Weight prefetch before pdl_wait (decode). A launch is scheduled as soon
+ * as the kernel before it passed its own wait, and most mat-vecs follow a
+ * short latency-bound kernel (HC pre, a norm, the attention combine, SwiGLU)
+ * that leaves DRAM idle: the first pf_blocks blocks split the launch's
+ * weight bytes (quants and split scales of every job and pair, in block
+ * order, capped at pf_max) and issue bulk L2 prefetches for their share
+ * while that kernel runs. Weights are constant, so reading them before the
+ * wait is allowed; expert ids only when the job says they are complete
+ * (ids_early). No effect before sm_90 (l2_prefetch is empty there). */
+template <typename F>
+static __device__ __forceinline__ void mv_weight_ranges(const mv_launch &L, F &&f) {
+    for (int j = 0; j < L.n_jobs; j++) {
+        const mv_job &J = L.jobs[j];
+        if (J.mat_ids && !J.ids_early) continue;
+        const uint32_t np = J.mat_ids ? (J.n_pairs ? J.n_pairs : 1) : 1;
+        const uint32_t spr = dw_split(J.w.type) ? dw_scales_per_row(J.w.type, J.w.n_in) : 0;
+        for (uint32_t p = 0; p < np; p++) {
+            uint32_t mat = J.mat;
+            if (J.mat_ids) {
+                const int32_t e = J.mat_ids[p];
+                mat = e >= 0 && (uint32_t)e < J.w.n_mat ? (uint32_t)e : 0;
+            }
+            const uint64_t r0 = (uint64_t)mat * J.w.n_out + J.row0;
+            f(J.w.q + r0 * J.w.row_bytes, (uint64_t)J.n_rows * J.w.row_bytes);
+            if (spr && J.w.d) f((const uint8_t *)(J.w.d + r0 * spr), (uint64_t)J.n_rows * spr * 2);
+        }
+    }
+}
+
+static __device__ void mv_prefetch(const mv_launch &L) {
+    uint64_t total = 0;
+    mv_weight_ranges(L, [&](const uint8_t *, uint64_t n) { total += n; });
+    if (total > L.pf_max) total = L.pf_max;
+    const uint64_t lo = total * blockIdx.x / L.pf_blocks, hi = total * (blockIdx.x + 1) / L.pf_blocks;
+    uint64_t at = 0;
+    mv_weight_ranges(L, [&](const uint8_t *p, uint64_t n) {
+        const uint64_t a = at > lo ? at : lo, b = at + n < hi ? at + n : hi;
+        if (a < b) l2_prefetch(p + (a - at), b - a, p, p + n);
+        at += n;
+    });
+}
 
 static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint64_t *s_smask) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) s_grid[i] = g_iq2_grid[i];
@@ -488,6 +533,17 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint64_
  * through a second dp4a on the masked grid bytes. Same integer sums and
  * per-block scaling as row_dot. */
 
+/* byte i of the result is 0xff where bit i of the 4 bits b is set: bit i
+ * lands on bit 8i + 7 of the product (no two partial products share a bit) */
+static __device__ __forceinline__ uint32_t bytemask4(uint32_t b) {
+    return ((((b & 15u) * 0x10204080u) & 0x80808080u) >> 7) * 0xffu;
+}
+
+/* SMASK_ALU: the 8 sign bits (7 stored + the parity bit that makes the count
+ * even, ksigns) and their byte masks by arithmetic instead of the shared
+ * smask table: the table reads were half of this kernel's shared-memory
+ * traffic (DS4_CUDA_IQ2_SIGNS=table keeps the lookups, for measurements) */
+template <bool SMASK_ALU>
 static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
                                                       uint32_t rpw, const uint64_t *grid, const uint64_t *smask) {
     const int lane = threadIdx.x & 31;
@@ -539,12 +595,21 @@ static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t 
 #pragma unroll
             for (int l = 0; l < 4; l++) {
                 const uint64_t g = grid[(wv[v].x >> (8 * l)) & 0xff];
-                const uint64_t sm = smask[(wv[v].y >> (7 * l)) & 127];
+                uint32_t mlo, mhi;
+                if (SMASK_ALU) {
+                    const uint32_t s7 = (wv[v].y >> (7 * l)) & 127u, s8 = s7 | ((__popc(s7) & 1u) << 7);
+                    mlo = bytemask4(s8);
+                    mhi = bytemask4(s8 >> 4);
+                } else {
+                    const uint64_t sm = smask[(wv[v].y >> (7 * l)) & 127];
+                    mlo = (uint32_t)sm;
+                    mhi = (uint32_t)(sm >> 32);
+                }
                 const uint32_t glo = (uint32_t)g, ghi = (uint32_t)(g >> 32);
                 sp = dp4a((int)glo, xs[2 * l], sp);
                 sp = dp4a((int)ghi, xs[2 * l + 1], sp);
-                sn = dp4a((int)(glo & (uint32_t)sm), xs[2 * l], sn);
-                sn = dp4a((int)(ghi & (uint32_t)(sm >> 32)), xs[2 * l + 1], sn);
+                sn = dp4a((int)(glo & mlo), xs[2 * l], sn);
+                sn = dp4a((int)(ghi & mhi), xs[2 * l + 1], sn);
             }
             int s = (sp - 2 * sn) * (2 * (int)(wv[v].y >> 28) + 1);
             s += __shfl_xor_sync(FULL, s, 1);
@@ -707,6 +772,7 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
     const uint32_t rbp = (J.n_rows + rows_pb - 1) / rows_pb;
     const uint32_t pair = local / rbp;
     const uint32_t rb0 = (local % rbp) * rows_pb;
+    if (blockIdx.x < L.pf_blocks && threadIdx.x == 0) mv_prefetch(L);
     pdl_wait();
     pdl_trigger();
     uint32_t mat = J.mat;
@@ -717,7 +783,8 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
     if (L.need_iq2) load_iq2_tables(s_grid, s_smask);
     if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
         if (L.fast && J.w.n_in / 32 <= 32 * IQU) {
-            iq2_rows_1pass(J, mat, pair, rb0, rpw, s_grid, s_smask);
+            if (L.iq2_table_signs) iq2_rows_1pass<false>(J, mat, pair, rb0, rpw, s_grid, s_smask);
+            else iq2_rows_1pass<true>(J, mat, pair, rb0, rpw, s_grid, s_smask);
             return;
         }
     }
@@ -800,6 +867,24 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         }
         L.blk0[L.n_jobs] = blocks;
         if (!blocks) continue;
+        /* decode weight prefetch (mv_prefetch): DS4_CUDA_MV_PREFETCH_MB
+         * (default 32, 0: off) caps the bytes, 256 blocks share them */
+        static int64_t pf_mb = -1;
+        if (pf_mb < 0) {
+            const char *e = getenv("DS4_CUDA_MV_PREFETCH_MB");
+            pf_mb = e && *e ? atoll(e) : 32;
+            if (pf_mb < 0) pf_mb = 0;
+        }
+        static int iq2_table = -1;
+        if (iq2_table < 0) {
+            const char *e = getenv("DS4_CUDA_IQ2_SIGNS");
+            iq2_table = e && !strcmp(e, "table");
+        }
+        L.iq2_table_signs = iq2_table;
+        if (T == 1 && pf_mb > 0) {
+            L.pf_blocks = blocks < 256 ? blocks : 256;
+            L.pf_max = (uint64_t)pf_mb << 20;
+        }
         /* T = 1 launches whose jobs are all Q8_0 (or Q8_0 and F16) run a
          * variant capped at 64 registers (4 blocks an SM): +3% decode on
          * H200; DS4_CUDA_MV_OCC=0 turns it off */

@@ -354,6 +354,133 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
     }
 }
 
+/* hc_post for chunks of several tokens: a warp per token (HCPT_TOKENS a
+ * block, HCPT_TOKENS / 8 per warp), lane l updating columns e0 + l and
+ * e0 + l + 32 of all CT streams in registers, then the next mix's 24 dots
+ * from the block's fn tile (shared by all its tokens) with one warp sum
+ * each. Compiled for the stream count and the fn tile's element type (FT 0:
+ * f32, 1: f16, 2: bf16), so the dot loop is plain loads and FMAs: the
+ * generic kernel's per-element type dispatch and its serial walk over a
+ * block's tokens (three barriers each) made it instruction-bound at ~15x
+ * the time the bytes of R need (1.6-2.0 ms a 2048-token chunk on H100).
+ * Same per-lane sums as hc_post_kernel (b outer, the lane's columns inner)
+ * and the same warp tree, so the mix partials are bit-identical. */
+#define HCPT_TOKENS 16
+template <uint32_t CT, int FT, uint32_t WPT>
+__global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const float *y, const float *post,
+                                                                const float *comb, uint32_t E, dweight fn, float *part,
+                                                                const float *ye, const int32_t *ids, uint32_t K,
+                                                                uint32_t T) {
+    constexpr uint32_t ES = FT == 0 ? 4 : 2;
+    constexpr uint32_t TPB = WPT == 1 ? HCPT_TOKENS : 1; /* tokens a block */
+    extern __shared__ __align__(16) unsigned char s_fn[];
+    const uint32_t e0 = blockIdx.x * HCP_COLS, ncol = E - e0 < HCP_COLS ? E - e0 : HCP_COLS;
+    const uint32_t M = fn.q ? fn.n_out : 0;
+    if (M) { /* [M][CT][HCP_COLS] elements, before pdl_wait */
+        const uint32_t cps = HCP_COLS * ES / 16, nseg = M * CT;
+        for (uint32_t i = threadIdx.x; i < nseg * cps; i += HCP_BLOCK) {
+            const uint32_t sg = i / cps, k = i % cps, m = sg / CT, b = sg % CT;
+            if (k * 16 / ES >= ncol) continue;
+            const uint8_t *src = fn.q + (size_t)m * fn.row_bytes + ((size_t)b * E + e0) * ES + 16 * k;
+            const uint32_t dst = (uint32_t)__cvta_generic_to_shared(s_fn + (size_t)sg * HCP_COLS * ES + 16 * k);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    pdl_wait();
+    pdl_trigger();
+    if (M) asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
+    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, S = gridDim.x;
+    const bool in0 = lane < ncol, in1 = lane + 32 < ncol;
+    __shared__ int s_ord[HCP_BLOCK / 32][ROUTE_MAX_K];
+    const uint32_t phase = wid % WPT; /* this warp's share of the mix rows */
+    for (uint32_t tw = wid / WPT; tw < TPB; tw += HCP_BLOCK / 32 / WPT) {
+        const uint32_t t = blockIdx.y * TPB + tw;
+        if (t >= T) break;
+        float *Rt = R + (size_t)t * CT * E;
+        const float *cb = comb + (size_t)t * CT * CT;
+        if (ye) { /* the token's experts in (id, k) order (moe_sum_at's), once a warp */
+            if (lane < K) {
+                const int32_t *id = ids + (size_t)t * K, me = id[lane];
+                uint32_t r = 0;
+                for (uint32_t j = 0; j < K; j++) r += id[j] < me || (id[j] == me && j < lane);
+                s_ord[wid][r] = (int)lane;
+            }
+            __syncwarp();
+        }
+        float nv[CT][2];
+#pragma unroll
+        for (uint32_t k = 0; k < 2; k++) {
+            const uint32_t c = lane + 32 * k;
+            const bool in = k ? in1 : in0;
+            float yv = 0.0f, old[CT];
+            if (in) {
+                yv = y[(size_t)t * E + e0 + c];
+                if (ye)
+                    for (uint32_t i = 0; i < K; i++) yv += ye[((size_t)t * K + s_ord[wid][i]) * E + e0 + c];
+            }
+#pragma unroll
+            for (uint32_t a = 0; a < CT; a++) old[a] = in ? Rt[a * E + e0 + c] : 0.0f;
+#pragma unroll
+            for (uint32_t b = 0; b < CT; b++) {
+                float s = in ? post[t * CT + b] * yv : 0.0f;
+#pragma unroll
+                for (uint32_t a = 0; a < CT; a++) s += cb[a * CT + b] * old[a];
+                nv[b][k] = in ? s : 0.0f;
+            }
+        }
+        if (WPT > 1) __syncthreads(); /* every warp of the token has read the old columns */
+        if (phase == 0)
+#pragma unroll
+            for (uint32_t k = 0; k < 2; k++)
+                if (k ? in1 : in0)
+#pragma unroll
+                    for (uint32_t b = 0; b < CT; b++) Rt[b * E + e0 + lane + 32 * k] = nv[b][k];
+        __syncwarp(); /* s_ord is rewritten for the warp's next token */
+        if (!M) continue;
+        for (uint32_t m = phase; m < M; m += WPT) {
+            float d = 0;
+#pragma unroll
+            for (uint32_t b = 0; b < CT; b++) {
+                const unsigned char *tp = s_fn + ((size_t)m * CT + b) * HCP_COLS * ES;
+#pragma unroll
+                for (uint32_t k = 0; k < 2; k++) {
+                    const uint32_t c = lane + 32 * k;
+                    const float w = FT == 0 ? ((const float *)tp)[c]
+                                    : FT == 2 ? bf2f(((const uint16_t *)tp)[c]) : h2f(((const uint16_t *)tp)[c]);
+                    if (k ? in1 : in0) d += w * nv[b][k];
+                }
+            }
+            const double dd = warp_sum_d((double)d);
+            if (lane == 0) part[((size_t)t * M + m) * S + blockIdx.x] = (float)dd;
+        }
+        if (phase) continue;
+        double ss = 0;
+#pragma unroll
+        for (uint32_t b = 0; b < CT; b++)
+#pragma unroll
+            for (uint32_t k = 0; k < 2; k++) ss += (double)nv[b][k] * nv[b][k];
+        ss = warp_sum_d(ss);
+        if (lane == 0) {
+            double *ssp = (double *)(part + (((size_t)T * M * S + 1) & ~(size_t)1));
+            ssp[(size_t)t * S + blockIdx.x] = ss;
+        }
+    }
+}
+
+template <uint32_t CT, int FT, uint32_t WPT>
+static void hc_post_tok_launch(dim3 grid, size_t smem, cudaStream_t st, float *R, const float *y, const float *post,
+                               const float *comb, uint32_t E, const dweight &fn, float *part, const float *ye,
+                               const int32_t *ids, uint32_t K, uint32_t T) {
+    static bool attr = false;
+    if (!attr) {
+        cudaFuncSetAttribute(hc_post_tok_kernel<CT, FT, WPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, HCP_FN_SMEM);
+        attr = true;
+    }
+    cu_launch(hc_post_tok_kernel<CT, FT, WPT>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T);
+}
+
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
                     uint32_t C, uint32_t E, const dweight *next_fn, float *part, const float *ye, const int32_t *ids,
                     uint32_t K) {
@@ -378,6 +505,33 @@ uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post
         attr = true;
     }
     const size_t smem = es ? (size_t)next_fn->n_out * C * HCP_COLS * es : 0;
+    /* 4 streams (DS4 Flash) with the fn tile in shared memory or no mix to
+     * form: the specialised kernel, a warp per token for chunks, the block's
+     * 8 warps sharing one token's mix rows for decode (DS4_CUDA_HCPOST_GENERIC=1:
+     * the generic kernel, for measurements) */
+    static int generic = -1;
+    if (generic < 0) {
+        const char *e = getenv("DS4_CUDA_HCPOST_GENERIC");
+        generic = e && *e == '1';
+    }
+    if (!generic && C == 4 && (es || !mix)) {
+        const float *yes = ye && K <= ROUTE_MAX_K ? ye : NULL;
+        const dweight &fw = mix ? *next_fn : none;
+        float *pp = mix ? part : NULL;
+        const int ft = !mix || es == 4 ? 0 : next_fn->type == DS4_TYPE_BF16 ? 2 : 1;
+        if (T > 1) {
+            const dim3 g2(grid.x, (T + HCPT_TOKENS - 1) / HCPT_TOKENS);
+            if (ft == 0) hc_post_tok_launch<4, 0, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+            else if (ft == 2) hc_post_tok_launch<4, 2, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+            else hc_post_tok_launch<4, 1, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+        } else {
+            const dim3 g1(grid.x, T);
+            if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+            else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+            else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+        }
+        return mix ? grid.x : 0;
+    }
     cu_launch(hc_post_kernel, grid, HCP_BLOCK, smem, st, R, y, post, comb, C, E, mix ? *next_fn : none,
               mix ? part : NULL, es, ye && K <= ROUTE_MAX_K ? ye : NULL, ids, K, T, TB);
     return mix ? grid.x : 0;

@@ -285,9 +285,11 @@ static void cpu_hc_pre(const ds4_weight *fn, const float *scale, const float *ba
 
 static void test_hc(void) {
     char err[256], name[96];
-    static const uint32_t Es[] = {256, 4096};
-    for (int ei = 0; ei < 2; ei++) {
-        const uint32_t C = 4, E = Es[ei], M = (2 + C) * C, T = 3, iters = 20;
+    /* T = 1: the decode kernels; T > 1: hc_post's warp-per-token kernel
+     * (37: a partial block of 16 tokens, E = 288: a partial column block) */
+    static const uint32_t Es[] = {256, 4096, 288}, Ts[] = {1, 3, 37};
+    for (int ei = 0; ei < 3; ei++) {
+        const uint32_t C = 4, E = Es[ei], M = (2 + C) * C, T = Ts[ei], iters = 20;
         void *mem;
         ds4_weight fn = make_weight(DS4_TYPE_F16, C * E, M, 1, 1.0f / sqrtf((float)(C * E)), &mem);
         float scale[3] = {0.7f, 0.4f, 0.9f}, base[24], *norm = falloc(E);
@@ -302,7 +304,7 @@ static void test_hc(void) {
         float *gpre = falloc(T * C), *gpost = falloc(T * C), *gcomb = falloc(T * C * C), *gout = falloc((size_t)T * E);
         bool ok = ds4_cuda_test_hc_pre(&fn, scale, base, R, T, C, E, iters, 1e-6f, 1e-6f, norm, gpre, gpost, gcomb, gout,
                                        err, sizeof err);
-        snprintf(name, sizeof name, "hc_pre E=%u: pre", E);
+        snprintf(name, sizeof name, "hc_pre E=%u T=%u: pre", E, T);
         if (ok) compare(name, gpre, pre, T * C, 1e-5, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
         snprintf(name, sizeof name, "hc_pre E=%u: post", E);
         if (ok) compare(name, gpost, post, T * C, 1e-5, 0, 0);
@@ -327,7 +329,7 @@ static void test_hc(void) {
                 }
         }
         ok = ds4_cuda_test_hc_post(Rc, y, post, comb, T, C, E, err, sizeof err);
-        snprintf(name, sizeof name, "hc_post E=%u", E);
+        snprintf(name, sizeof name, "hc_post E=%u T=%u", E, T);
         if (ok) compare(name, Rc, R, (size_t)T * C * E, 1e-6, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
         /* hc_post forming the next mix (the decode path), then hc_pre from
          * those partials: against the CPU's hc_pre on the updated R */
@@ -339,7 +341,7 @@ static void test_hc(void) {
             cpu_hc_pre(&fn, scale, base, R, T, C, E, iters, norm, flat, mix, pre2, post2, comb2, out2);
             ok = ds4_cuda_test_hc_post_fused(Rf, y, post, comb, T, C, E, &fn, scale, base, iters, 1e-6f, 1e-6f, norm,
                                              false, gpre2, gpost2, gcomb2, gout2, err, sizeof err);
-            snprintf(name, sizeof name, "hc_post + next mix E=%u: R", E);
+            snprintf(name, sizeof name, "hc_post + next mix E=%u T=%u: R", E, T);
             if (ok) compare(name, Rf, R, (size_t)T * C * E, 1e-6, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
             snprintf(name, sizeof name, "hc_post + next mix E=%u: pre", E);
             if (ok) compare(name, gpre2, pre2, T * C, 1e-5, 0, 0);
