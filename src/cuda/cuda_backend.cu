@@ -896,9 +896,13 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
                       st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope};
     const uint32_t splits = T == 1 ? cs->splits1 : cs->splitsT;
-    cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &cs->o);
+    /* prefill chunks on tensor cores (with the BF16 products; FP16 needs the
+     * F16-rounded KV rows of a non-exact model), else the exact kernel */
+    const bool tc = T >= cu_mma_min_T() && !m->exact && m->f16_rounding &&
+                    cu_attention_tc(sm, ap, cs->q, T, cs->pos0, cs->o.f);
+    if (!tc) cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &cs->o);
     kcheck(F, "attention");
-    if (D % 256 != 0) {
+    if (D % 256 != 0 || tc) {
         cu_quantize(sm, cs->o.f, H * D, T, cs->o);
         kcheck(F, "quantize o");
     }

@@ -432,6 +432,12 @@ typedef struct {
  * otherwise: the caller quantizes). head_dim: 128, 256, 512 or 1024. */
 void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32_t T, const int64_t *pos0, float *part,
                   size_t part_floats, uint32_t splits, float *o, const dact *oq);
+/* kernels_attn_mma.cu: cu_attention for prefill chunks on FP16 tensor cores
+ * (head_dim 512, heads a multiple of 64, K/V rows exact in FP16); false when
+ * it does not apply (DS4_CUDA_ATT_TC=0, pre-sm_80, other shapes). Writes the
+ * float output only. */
+bool cu_attention_tc(cudaStream_t st, const attn_params &ap, const float *q, uint32_t T, const int64_t *pos0,
+                     float *o);
 /* raises the shared-memory limits of the attention and indexer kernels */
 bool cu_attn_init(char *err, size_t errlen);
 /* floats of `part` scratch that cu_attention needs */

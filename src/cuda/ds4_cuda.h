@@ -111,6 +111,13 @@ bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, const float
  * HC head (head true) from those partials; R updated in place */
 /* a decode launch: expert pairs (ids, x per pair or shared) and a dense job
  * on rows [3, n_out) of the last matrix, T = 1 */
+/* prefill attention on FP16 tensor cores (cu_attention_tc), same layout as
+ * ds4_cuda_test_attention */
+bool ds4_cuda_test_attention_tc(const float *q, uint32_t T, uint32_t H, uint32_t D, uint32_t n_swa, uint32_t ratio,
+                                uint32_t top_k, uint32_t n_rot, const float *inv_freq, const float *sinks,
+                                const float *raw, uint32_t raw_cap, const float *comp, uint32_t n_comp,
+                                const uint32_t *sel, const uint32_t *n_sel, int64_t pos0, float *o, char *err,
+                                size_t errlen);
 bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
                                 bool x_shared, float *y, float *y2, char *err, size_t errlen);
 bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T, uint32_t C,

@@ -715,32 +715,44 @@ static void test_indexer(void) {
     }
 }
 
+/* The exact kernel (splits > 0) and, for the cases with splits 0, the
+ * tensor-core prefill kernel (FP16 queries and softmax weights, key rows
+ * F16-rounded as kv_store stores them): T = 20 tokens, a window that starts
+ * at position 0 (partial tiles), 64 and 128 heads. */
 static void test_attention(void) {
     char err[256], name[128];
     static const struct {
-        uint32_t H, D, ratio, splits;
+        uint32_t H, D, ratio, splits, T;
         bool sel;
-    } cases[] = {{4, 128, 0, 1, false},   {8, 512, 4, 1, true},  {64, 512, 4, 7, true},
-                 {8, 256, 128, 3, false}, {64, 512, 128, 32, false}, {5, 128, 4, 2, false}};
+        int64_t pos0;
+    } cases[] = {{4, 128, 0, 1, 3, false, 700},    {8, 512, 4, 1, 3, true, 700},      {64, 512, 4, 7, 3, true, 700},
+                 {8, 256, 128, 3, 3, false, 700},  {64, 512, 128, 32, 3, false, 700}, {5, 128, 4, 2, 3, false, 700},
+                 {64, 512, 0, 0, 20, false, 700},  {64, 512, 4, 0, 20, true, 700},    {128, 512, 128, 0, 20, false, 1400},
+                 {64, 512, 4, 0, 20, false, 5}};
     float inv[32];
     ds4_rope_inv_freq(inv, 64, 160000, 16, 65536, 32, 1);
-    for (int c = 0; c < 6; c++) {
-        const uint32_t H = cases[c].H, D = cases[c].D, ratio = cases[c].ratio, T = 3, n_swa = 128, cap = 128 + 64;
-        const uint32_t top_k = 16;
-        const int64_t pos0 = 700;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const uint32_t H = cases[c].H, D = cases[c].D, ratio = cases[c].ratio, T = cases[c].T, n_swa = 128;
+        const uint32_t top_k = 16, cap = 128 + 64;
+        const int64_t pos0 = cases[c].pos0;
+        const bool tc = cases[c].splits == 0;
         const uint32_t n_comp = ratio ? (uint32_t)((pos0 + T) / ratio) : 0;
         float *q = falloc((size_t)T * H * D), *raw = falloc((size_t)cap * D), *comp = falloc((size_t)(n_comp + 1) * D);
         float *sinks = falloc(H), *ref = falloc((size_t)T * H * D), *got = falloc((size_t)T * H * D);
         fill(q, (size_t)T * H * D, 1.0f);
         fill(raw, (size_t)cap * D, 1.0f);
         fill(comp, (size_t)(n_comp + 1) * D, 1.0f);
+        if (tc) {
+            ds4_round_f16(raw, (int)(cap * D));
+            ds4_round_f16(comp, (int)((n_comp + 1) * D));
+        }
         for (uint32_t h = 0; h < H; h++) sinks[h] = 1.5f * frand() + 0.5f;
-        uint32_t *sel = NULL, nsel[3];
+        uint32_t *sel = NULL, nsel[20];
         if (cases[c].sel) {
             sel = calloc((size_t)T * top_k, 4);
             for (uint32_t t = 0; t < T; t++) {
                 nsel[t] = t == 1 ? UINT32_MAX : top_k;
-                for (uint32_t i = 0; i < top_k; i++) sel[t * top_k + i] = (i * 11 + t) % (n_comp - 1);
+                for (uint32_t i = 0; i < top_k; i++) sel[t * top_k + i] = (i * 11 + t) % (n_comp > 1 ? n_comp - 1 : 1);
             }
         }
         for (uint32_t t = 0; t < T; t++)
@@ -772,11 +784,18 @@ static void test_attention(void) {
                 for (uint32_t i = 0; i < D; i++) o[i] /= den;
                 ds4_rope_tail(o, (int)D, 64, inv, p, true);
             }
-        bool ok = ds4_cuda_test_attention(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp, sel,
-                                          sel ? nsel : NULL, pos0, cases[c].splits, got, err, sizeof err);
-        snprintf(name, sizeof name, "attention H=%u D=%u ratio %u%s, %u splits", H, D, ratio,
-                 cases[c].sel ? " + top-k" : "", cases[c].splits);
-        if (ok) compare(name, got, ref, (size_t)T * H * D, 2e-5, 0, 0);
+        bool ok = tc ? ds4_cuda_test_attention_tc(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp,
+                                                  sel, sel ? nsel : NULL, pos0, got, err, sizeof err)
+                     : ds4_cuda_test_attention(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp,
+                                               sel, sel ? nsel : NULL, pos0, cases[c].splits, got, err, sizeof err);
+        if (tc)
+            snprintf(name, sizeof name, "attention (tensor cores) H=%u ratio %u%s, T=%u at %lld", H, ratio,
+                     cases[c].sel ? " + top-k" : "", T, (long long)pos0);
+        else
+            snprintf(name, sizeof name, "attention H=%u D=%u ratio %u%s, %u splits", H, D, ratio,
+                     cases[c].sel ? " + top-k" : "", cases[c].splits);
+        /* tensor cores: FP16 queries and weights (relative 2^-11 each) */
+        if (ok) compare(name, got, ref, (size_t)T * H * D, tc ? 3e-3 : 2e-5, 0, 0);
         else report(name, INFINITY, 0, 0, 0, err);
         free(q); free(raw); free(comp); free(sinks); free(ref); free(got); free(sel);
     }
