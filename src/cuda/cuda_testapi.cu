@@ -88,6 +88,8 @@ struct scope : cu_alloc {
 } // namespace
 
 extern "C" void ds4_cuda_test_set_mma(unsigned min_T) { cu_mma_set_min_T(min_T); }
+static bool g_exact_jobs = false;
+extern "C" void ds4_cuda_test_set_exact_jobs(bool on) { g_exact_jobs = on; }
 extern "C" void ds4_cuda_test_set_mma_moe_bn(unsigned bn) { cu_mma_set_moe_bn(bn); }
 
 extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint64_t n_rows, const float *x,
@@ -108,6 +110,7 @@ extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t
     j.x = av_of(a);
     j.y = dy;
     j.y_stride = (uint32_t)n_rows;
+    j.exact = g_exact_jobs;
     cu_matvec(S.st, &j, 1, (uint32_t)T);
     S.get(y, dy, (size_t)T * n_rows);
     return S.ok;

@@ -118,6 +118,9 @@ bool ds4_cuda_test_attention_tc(const float *q, uint32_t T, uint32_t H, uint32_t
                                 const float *raw, uint32_t raw_cap, const float *comp, uint32_t n_comp,
                                 const uint32_t *sel, const uint32_t *n_sel, int64_t pos0, float *o, char *err,
                                 size_t errlen);
+/* ds4_cuda_test_matmul marks its job exact (as the router is: the tiled f32
+ * kernel for float weights over many tokens) */
+void ds4_cuda_test_set_exact_jobs(bool on);
 bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
                                 bool x_shared, float *y, float *y2, char *err, size_t errlen);
 bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T, uint32_t C,
