@@ -902,11 +902,18 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
                     cu_attention_tc(sm, ap, cs->q, T, cs->pos0, cs->o.f);
     if (!tc) cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &cs->o);
     kcheck(F, "attention");
-    if (D % 256 != 0 || tc) {
+    const uint32_t GW = H * D / G;
+    /* o's quantized forms: the exact attention writes them when D % 256 == 0;
+     * after the tensor-core one only if an out_a product reads them */
+    bool need_q = D % 256 != 0;
+    for (uint32_t g = 0; tc && g < G && !need_q; g++) {
+        mv_job j = job(L->out_a, av_of(cs->o, g * GW), cs->low.f + (size_t)g * OR, G * OR);
+        need_q = !cu_mma_dense_ok(j, T);
+    }
+    if (need_q) {
         cu_quantize(sm, cs->o.f, H * D, T, cs->o);
         kcheck(F, "quantize o");
     }
-    const uint32_t GW = H * D / G;
     nj = 0;
     for (uint32_t g = 0; g < G; g++) {
         mv_job j = job(L->out_a, av_of(cs->o, g * GW), cs->low.f + (size_t)g * OR, G * OR);
@@ -919,9 +926,11 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         }
     }
     kcheck(F, "out_a");
-    cu_quantize(sm, cs->low.f, G * OR, T, cs->low);
-    kcheck(F, "quantize low");
     jb[0] = job(L->out_b, av_of(cs->low), cs->y, E);
+    if (!cu_mma_dense_ok(jb[0], T)) { /* the tensor-core product reads the floats */
+        cu_quantize(sm, cs->low.f, G * OR, T, cs->low);
+        kcheck(F, "quantize low");
+    }
     cu_matvec(sm, jb, 1, T);
     kcheck(F, "out_b");
     F->mix_S = cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart);

@@ -2,12 +2,21 @@
  *
  * Decode and small batches use the exact dp4a kernels of kernels_matmul.cu;
  * prefill chunks send every product with a quantized or F16/BF16 weight here:
- * weight tiles are dequantized to BF16 in shared memory (the CPU
- * dequantizer's values) and multiplied with BF16 activations on tensor cores
- * (mma.sync m16n8k16) with f32 sums, the next slice's weight bytes and
- * activations in flight during the current slice's MMAs (two-stage pipeline,
- * see mma_kernel). Routed experts run as one grid over experts, each block
- * gathering its token tile from the expert's sorted pair list (no host sync).
+ * weights are dequantized to BF16 (the CPU dequantizer's values, rounded
+ * once) and multiplied with activations rounded to BF16 on tensor cores
+ * (mma.sync m16n8k16, f32 sums). A block owns a 256-row x 64-token tile
+ * (smaller where that would leave SMs idle, see mma_launch); each warp owns
+ * 32 of the rows and dequantizes them straight into its MMA operand
+ * registers, the activations go through shared memory as BF16 (mma_kernel
+ * tells how and why). Routed experts run as one grid over experts, each
+ * block gathering its token tiles from the expert's sorted pair list (no
+ * host sync).
+ *
+ * The first version (kept as mma_kernel_v1, DS4_CUDA_MMA_OLD=1, for A/B
+ * runs) dequantized 64-row tiles into shared memory and read the activations
+ * there as floats; H100, 2048-token chunk: q_b (Q8_0, 1024 -> 32768) 1.42 ->
+ * 0.74 ms, routed gate (IQ2_XXS, 256 x 2048 x 4096, ~48 tokens an expert)
+ * 2.82 -> 1.43 ms, routed down (Q2_K, 256 x 4096 x 2048) 3.17 -> 1.45 ms.
  */
 #include "cuda_internal.cuh"
 
@@ -33,42 +42,6 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint8_t
     __syncthreads();
 }
 
-/* ------------------------------------------------------------------------ */
-/* Tensor-core prefill products (T >= cu_mma_min_T tokens).
- *
- * A block computes a 64-row x BN-token tile of y = W x (BN = 32 or 64; 8
- * warps = 4 row groups of 16 x 2 token halves of BN/2), walking the row in
- * 128-wide slices with a two-stage pipeline and one __syncthreads a slice:
- *
- *   slice s+1: raw weight bytes -> registers (each thread: one row, 32
- *              weights), activation floats -> shared stage (s+1)&1 by
- *              cp.async (16-byte pieces, rows of pitch 136 floats)
- *   slice s:   MMAs on stage s&1 (mma.sync m16n8k16 BF16, f32 sums): weight
- *              fragments by ldmatrix from the BF16 tile, activation fragments
- *              as float pairs from the float tile, rounded to BF16 in
- *              registers (cvt.rn.bf16x2)
- *   slice s+1: the registers dequantized (the CPU dequantizer's arithmetic)
- *              into the BF16 weight tile (s+1)&1; wait for the cp.async;
- *              __syncthreads
- *
- * so the global loads of a slice are in flight during the previous slice's
- * MMAs. Shared memory a block: 2 x (64 x 136 BF16 weights + BN x 136 float
- * activations) = 69,632 bytes (BN 32, 3 blocks an SM) / 104,448 (BN 64, 2).
- * Weights are read once per BN tokens; the numerics are BF16 activations (8-bit
- * mantissa, per element) instead of the CPU's Q8 blocks, so prefill results
- * differ from the CPU by about the CPU's own activation-quantization noise
- * (docs/CUDA.md). Routed experts: blockIdx.z is the expert, the token tile
- * gathers its pairs from the sorted list. F32 weights and decode keep the
- * exact kernels. */
-
-#define MMA_BM 64
-#define MMA_BK 128            /* row slice a pipeline stage */
-#define MMA_WP (MMA_BK + 8)   /* bf16 a shared weight row: 272 bytes, ldmatrix rows conflict-free */
-#define MMA_XP (MMA_BK + 8)   /* floats a shared activation row: 8 rows x float2 reads conflict-free */
-#define MMA_WSTAGE (MMA_BM * MMA_WP * 2)
-#define MMA_XSTAGE(bn) ((bn) * MMA_XP * 4)
-#define MMA_SMEM_BN(bn) (2 * (MMA_WSTAGE + MMA_XSTAGE(bn)))
-
 static uint32_t g_mma_min_T = 0xffffffffu; /* set on first use from DS4_CUDA_MMA_MIN (default 16; 0 = off) */
 static bool g_mma_forced = false;
 
@@ -92,10 +65,12 @@ static bool mma_type(int t) {
            t == DS4_TYPE_F16 || t == DS4_TYPE_BF16;
 }
 
+/* activations are copied in 16-byte pieces, weights read in 8/16-byte pieces
+ * (Q2_K: 4), the Q8_0 scales two at a time (4 bytes) */
 static bool mma_ok(const dweight &w, const act_view &x) {
     return mma_type(w.type) && w.n_in % 256 == 0 && x.f && x.stride % 4 == 0 && x.off % 4 == 0 &&
            ((uintptr_t)x.f & 15) == 0 && ((uintptr_t)w.q & 15) == 0 &&
-           (w.type == DS4_TYPE_Q2_K || w.row_bytes % 16 == 0);
+           (w.type == DS4_TYPE_Q2_K || w.row_bytes % 16 == 0) && (!dw_split(w.type) || ((uintptr_t)w.d & 3) == 0);
 }
 
 typedef struct {
@@ -119,10 +94,485 @@ static __device__ __forceinline__ void bytes4_f(uint32_t w, float bias, float *o
     o[3] = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7543)) - c;
 }
 
+/* v < 2^23 -> float, exactly, without the int->float conversion unit */
+static __device__ __forceinline__ float u2f(uint32_t v) { return __uint_as_float(0x4B000000u | v) - 8388608.0f; }
+
 static __device__ __forceinline__ uint32_t bf2(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
     return *(const uint32_t *)&v;
 }
+
+/* Formats whose 32-weight pieces take at most four distinct values (IQ2_XXS
+ * magnitudes 8/25/43, Q2_K codes 0..3 per 16) skip the float arithmetic per
+ * weight: the four BF16 values are computed once (the CPU's expression) into
+ * the 8-byte pool {lo, hi} and each pair of weights is one byte permute.
+ * `u` holds four bytes 34 c + 16 (c = code 0..3), i.e. the selector nibbles
+ * 2c (low byte of value c) and 2c + 1 (high byte); result: the BF16 pair of
+ * the weights of bytes 0, 1 (half 0) or 2, 3 (half 1), element 0 low. */
+static __device__ __forceinline__ uint32_t lut2(uint32_t lo, uint32_t hi, uint32_t u, int half) {
+    uint32_t r; /* prmt itself: __byte_perm would mask the selector nibbles to 3 bits first (they are < 8 here) */
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(lo), "r"(hi), "r"(half ? u >> 16 : u));
+    return r;
+}
+
+/* 16 x 16 BF16 fragment pieces, four 8 x 8 matrices: lane L gives the
+ * address of row L & 7 of matrix L >> 3 and receives, of each matrix, row
+ * L >> 2, elements 2 (L & 3), +1 (the lower one in the low half). */
+static __device__ __forceinline__ void ldsm_x4(uint32_t (&a)[4], uint32_t saddr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                 : "r"(saddr)
+                 : "memory");
+}
+
+/* c (16 x 8 f32) += a (16 x 16 BF16) b (16 x 8 BF16); registers only (not
+ * volatile: free to be scheduled around the shared loads) */
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tensor-core prefill products (T >= cu_mma_min_T tokens).
+ *
+ * Block: 256 threads = 8 warps over a BM-row x BN-token tile of y = W x
+ * (BM x BN = 256 x 64; 256 x 32 for experts with few pairs; 128 x 64 and 128
+ * x 32 for dense products too small for 256-row blocks). Warp w owns rows
+ * [w BM/8, (w+1) BM/8) and all BN tokens: MI = BM/128 16-row fragments x NJ
+ * = BN/8 8-token fragments, 16 MMAs per 16 k at 256 x 64 (acc: 64 floats a
+ * lane). The row is walked in slices of 32 k with one __syncthreads a
+ * slice:
+ *
+ *   weights:     global -> registers (the lane's 8 weights of each of its
+ *                2 MI rows, mma_frag::load, one slice ahead) -> dequantized
+ *                (mma_frag::deq) into the A fragment registers themselves:
+ *                no shared memory, no barrier, and each weight is
+ *                dequantized once (a warp owns its rows).
+ *   activations: global -> shared float ring (cp.async, MMA_XF slices, two
+ *                ahead) -> the copying thread rounds its own pieces to BF16
+ *                (no barrier needed for its own cp.async data) into the
+ *                token-major tile Xs[2][BN][40] -> B fragments by ldmatrix
+ *                (rows 80 bytes apart: the 8 rows of a matrix hit distinct
+ *                banks), shared by the 8 warps.
+ *   slice s:     issue activations s+2 and weights s+1; MMAs of s on stage
+ *                s&1; dequantize s+1 into the fragment registers just used;
+ *                activations of s+1 -> stage (s+1)&1; barrier.
+ *
+ * Why: the first version (64 x 64 tiles dequantized into shared memory,
+ * float activations converted per MMA) spent its time in shared-memory
+ * traffic and in a dequantize -> store -> barrier -> ldmatrix round trip
+ * that left the tensor cores idle, and re-read the activations from L2 for
+ * every 64 rows. Here activations are read once per 256 rows and the
+ * dequantization overlaps the warp's own MMAs.
+ *
+ * Fragments (PTX ISA mma.m16n8k16 .bf16; g = lane >> 2, t4 = lane & 3; a
+ * register holds 2 BF16, the lower k in the low half):
+ *   A regs 0..3: (row g, k 2t4..+1), (row g+8, k 2t4..+1), (row g, k
+ *                2t4+8..+9), (row g+8, k 2t4+8..+9)
+ *   B regs 0, 1: (k 2t4..+1, token g), (k 2t4+8..+9, token g)
+ *   C regs 0..3: (row g, tokens 2t4, 2t4+1), (row g+8, tokens 2t4, 2t4+1)
+ * Over the two 16-k steps h of a slice a lane holds, of rows g and g+8, the
+ * 8 logical k = 16h + 8m + 2t4 + e (m: register pair, e: half). Those are
+ * mapped to the physical k = 8t4 + 4h + 2m + e of the slice, i.e. lane t4
+ * dequantizes the 8 consecutive weights [8t4, 8t4+8) (one IQ2_XXS grid
+ * group, 8 Q8_0 bytes, one half of a Q2_K scale group) as 4 BF16 pairs p0..p3,
+ * and A of step h is {p_2h (row g), p_2h (row g+8), p_2h+1 (row g), p_2h+1
+ * (row g+8)}. The activations are stored with the same permutation (physical
+ * k 4f + 2m + e, f = 2t + h, goes to logical column 16h + 8m + 2t + e of the
+ * token's row), so every product pairs a weight with its own activation:
+ * the permutation only reorders the MMA's internal sum. B by ldmatrix.x4
+ * from Xs (not transposed): lane L addresses token (L & 7) + 8 (L >> 4), k
+ * 8 ((L >> 3) & 1) of the step; matrices (tokens 0-7, k 0-7), (0-7, 8-15),
+ * (8-15, 0-7), (8-15, 8-15) give each lane token g, k 2t4..+1 of each, i.e.
+ * b0, b1 of the first 8 tokens and b0, b1 of the next 8.
+ *
+ * Shared memory (static): 3 x BN x 32 floats + 2 x BN x 40 BF16 = 34.8 KB
+ * (BN 64), 17.4 KB (BN 32), + 2.2 KB IQ2_XXS tables; 2 blocks an SM by
+ * registers (<= 128). Token columns past the tile's pairs are zeros, their
+ * 8-token fragments skipped in steps of a quarter tile; rows past n_rows
+ * read the last row and are not stored. The numerics are BF16 activations
+ * (8-bit mantissa, per element) instead of the CPU's Q8 blocks, so prefill
+ * results differ from the CPU by about the CPU's own activation-quantization
+ * noise (docs/CUDA.md). Routed experts: blockIdx.z is the expert; blockIdx.y
+ * walks the expert's token tiles gridDim.y apart (a quarter of the chunk's
+ * tiles, so the grid does not carry a block for every tile an expert could
+ * have); blocks without tokens return at once. F32 weights and decode keep
+ * the exact kernels. */
+
+/* global loads of the weight bytes with an L2 prefetch hint (.L2::256B:
+ * a miss brings the next sectors of the row too, which the next slices
+ * read) */
+static __device__ __forceinline__ uint2 ldg_u2(const void *p) {
+    uint2 v;
+    asm("ld.global.L2::256B.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+static __device__ __forceinline__ uint4 ldg_u4(const void *p) {
+    uint4 v;
+    asm("ld.global.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+static __device__ __forceinline__ uint32_t ldg_u32(const void *p) {
+    uint32_t v;
+    asm("ld.global.L2::256B.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
+/* The 8 weights [8 t4, 8 t4 + 8) of a row's 32-weight piece sub (0..7) of
+ * super-block sb: load() the raw bytes into registers (a slice ahead), deq()
+ * -> 4 BF16 pairs (weights 0-1, 2-3, 4-5, 6-7), the CPU dequantizer's
+ * values; deq() may read the row's block again (wq, sb, sub) for bytes that
+ * are not worth registers across the MMAs (scales: the line is in L1). */
+template <int TYPE> struct mma_frag;
+
+template <> struct mma_frag<DS4_TYPE_Q8_0> { /* split: 32 int8 + one f16 scale per 32 */
+    uint2 q;
+    uint32_t d; /* two scales */
+    __device__ __forceinline__ void load(const uint8_t *wq, const __half *wd, uint32_t sb, uint32_t sub, uint32_t t4) {
+        q = ldg_u2(wq + (size_t)sb * 256 + sub * 32 + 8 * t4);
+        if ((sub & 1) == 0) d = ldg_u32(wd + (size_t)sb * 8 + sub); /* the scales of pieces sub, sub + 1 */
+    }
+    __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *, const uint8_t *, uint32_t, const uint8_t *,
+                                        uint32_t, uint32_t sub) const {
+        const float dc = h2f((uint16_t)(sub & 1 ? d >> 16 : d & 0xffff));
+        float f[8];
+        bytes4_f(q.x ^ 0x80808080u, 128.0f, f); /* int8 q: q + 128 as unsigned */
+        bytes4_f(q.y ^ 0x80808080u, 128.0f, f + 4);
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[i] = bf2(dc * f[2 * i], dc * f[2 * i + 1]);
+    }
+};
+
+template <> struct mma_frag<DS4_TYPE_IQ2_XXS> { /* split: 64 bytes per 256, one f16 scale per 256 */
+    uint2 a; /* 4 grid indices, 4 x 7 sign bits + 4-bit scale */
+    uint32_t d;
+    __device__ __forceinline__ void load(const uint8_t *wq, const __half *wd, uint32_t sb, uint32_t sub, uint32_t) {
+        a = ldg_u2(wq + (size_t)sb * 64 + sub * 8);
+        if (sub == 0) d = *(const uint16_t *)(wd + sb);
+    }
+    /* value = db * magnitude (f32, the CPU's product) rounded to BF16, sign
+     * applied after rounding (exact: rounding is symmetric). Magnitude byte
+     * m in {8, 25, 43}: (m >> 3) & 6 = 2c with c = 0, 1, 2 (see lut2). Sign
+     * bits of weights 2k, 2k+1 -> bits 15, 31 of pair k: sg * (2^(15-2k) +
+     * 2^(30-2k)) (the two shifted copies do not overlap: no carries). */
+    __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *grid, const uint8_t *signs, uint32_t t4,
+                                        const uint8_t *, uint32_t, uint32_t) const {
+        const float db = h2f((uint16_t)d) * (0.5f + u2f(a.y >> 28)) * 0.25f;
+        const uint32_t lo = bf2(db * 8.0f, db * 25.0f), hi = bf2(db * 43.0f, 0.0f);
+        const uint64_t gv = grid[(a.x >> (8 * t4)) & 0xFF];
+        const uint32_t sg = signs[(a.y >> (7 * t4)) & 127];
+        const uint32_t u0 = (((uint32_t)gv >> 3) & 0x06060606u) * 17u + 0x10101010u;
+        const uint32_t u1 = (((uint32_t)(gv >> 32) >> 3) & 0x06060606u) * 17u + 0x10101010u;
+        o[0] = lut2(lo, hi, u0, 0) ^ ((sg * 0x40008000u) & 0x80008000u);
+        o[1] = lut2(lo, hi, u0, 1) ^ ((sg * 0x10002000u) & 0x80008000u);
+        o[2] = lut2(lo, hi, u1, 0) ^ ((sg * 0x04000800u) & 0x80008000u);
+        o[3] = lut2(lo, hi, u1, 1) ^ ((sg * 0x01000200u) & 0x80008000u);
+    }
+};
+
+template <> struct mma_frag<DS4_TYPE_Q2_K> { /* 84-byte blocks (4-byte aligned): scales[16], qs[64], d, dmin */
+    uint32_t q0, q1;
+    __device__ __forceinline__ void load(const uint8_t *wq, const __half *, uint32_t sb, uint32_t sub, uint32_t t4) {
+        /* weight 16 half + l of piece (h, j) = sub: qs[32h + 16half + l] >> 2j, scale 8h + 2j + half;
+         * the lane's 8 qs bytes serve the four bit-planes j: loaded at j = 0 */
+        if ((sub & 3) == 0) {
+            const uint8_t *b = wq + (size_t)sb * 84 + 16 + 32 * (sub >> 2) + 8 * t4;
+            q0 = ldg_u32(b);
+            q1 = ldg_u32(b + 4);
+        }
+    }
+    /* values dl * code - ml (the CPU's two roundings, no fused multiply-add):
+     * four per 16 weights, so a byte-permute table (lut2) */
+    __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *, const uint8_t *, uint32_t t4,
+                                        const uint8_t *wq, uint32_t sb, uint32_t sub) const {
+        const uint8_t *b = wq + (size_t)sb * 84;
+        const uint32_t j = sub & 3, sc = b[8 * (sub >> 2) + 2 * j + (t4 >> 1)], ddm = *(const uint32_t *)(b + 80);
+        const float dl = h2f(ddm & 0xffff) * u2f(sc & 15), ml = h2f(ddm >> 16) * u2f(sc >> 4);
+        const uint32_t lo = bf2(__fsub_rn(__fmul_rn(dl, 0.0f), ml), __fsub_rn(dl, ml));
+        const uint32_t hi = bf2(__fsub_rn(__fmul_rn(dl, 2.0f), ml), __fsub_rn(__fmul_rn(dl, 3.0f), ml));
+        const uint32_t u0 = ((q0 >> (2 * j)) & 0x03030303u) * 34u + 0x10101010u;
+        const uint32_t u1 = ((q1 >> (2 * j)) & 0x03030303u) * 34u + 0x10101010u;
+        o[0] = lut2(lo, hi, u0, 0);
+        o[1] = lut2(lo, hi, u0, 1);
+        o[2] = lut2(lo, hi, u1, 0);
+        o[3] = lut2(lo, hi, u1, 1);
+    }
+};
+
+template <> struct mma_frag<DS4_TYPE_Q4_K> { /* 144-byte blocks: d, dmin, scales[12], qs[128] */
+    uint2 q;
+    __device__ __forceinline__ void load(const uint8_t *wq, const __half *, uint32_t sb, uint32_t sub, uint32_t t4) {
+        /* weight l of piece sub: nibble (sub&1) of qs[32(sub>>1) + l], scale/min sub */
+        q = ldg_u2(wq + (size_t)sb * 144 + 16 + 32 * (sub >> 1) + 8 * t4);
+    }
+    __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *, const uint8_t *, uint32_t,
+                                        const uint8_t *wq, uint32_t sb, uint32_t sub) const {
+        const uint4 hd = *(const uint4 *)(wq + (size_t)sb * 144); /* d, dmin, scales */
+        /* q4k_scale_min with the byte picked by selects (no local array) */
+#define SB(i) ((int)byte_of((i) < 4 ? hd.y : (i) < 8 ? hd.z : hd.w, (i) & 3))
+        const int j = (int)sub;
+        const int sc = j < 4 ? SB(j) & 63 : (SB(j + 4) & 0xF) | ((SB(j - 4) >> 6) << 4);
+        const int m = j < 4 ? SB(j + 4) & 63 : (SB(j + 4) >> 4) | ((SB(j) >> 6) << 4);
+#undef SB
+        const float dl = h2f(hd.x & 0xffff) * u2f((uint32_t)sc), ml = h2f(hd.x >> 16) * u2f((uint32_t)m);
+        const uint32_t sh = 4 * (sub & 1);
+        float f[8];
+        bytes4_f((q.x >> sh) & 0x0f0f0f0fu, 0.0f, f);
+        bytes4_f((q.y >> sh) & 0x0f0f0f0fu, 0.0f, f + 4);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            o[i] = bf2(__fsub_rn(__fmul_rn(dl, f[2 * i]), ml), __fsub_rn(__fmul_rn(dl, f[2 * i + 1]), ml));
+    }
+};
+
+template <> struct mma_frag<DS4_TYPE_F16> {
+    uint4 v;
+    __device__ __forceinline__ void load(const uint8_t *wq, const __half *, uint32_t sb, uint32_t sub, uint32_t t4) {
+        v = ldg_u4(wq + ((size_t)sb * 256 + sub * 32 + 8 * t4) * 2);
+    }
+    __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *, const uint8_t *, uint32_t, const uint8_t *,
+                                        uint32_t, uint32_t) const {
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float2 f = __half22float2(*(const __half2 *)&w[i]);
+            o[i] = bf2(f.x, f.y);
+        }
+    }
+};
+
+template <> struct mma_frag<DS4_TYPE_BF16> {
+    uint4 v;
+    __device__ __forceinline__ void load(const uint8_t *wq, const __half *, uint32_t sb, uint32_t sub, uint32_t t4) {
+        v = ldg_u4(wq + ((size_t)sb * 256 + sub * 32 + 8 * t4) * 2);
+    }
+    __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *, const uint8_t *, uint32_t, const uint8_t *,
+                                        uint32_t, uint32_t) const {
+        o[0] = v.x;
+        o[1] = v.y;
+        o[2] = v.z;
+        o[3] = v.w;
+    }
+};
+
+template <int V> struct mma_int {
+    static constexpr int value = V;
+};
+
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+static __device__ __forceinline__ void cp_async_wait_1(void) { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+#define MMA_XF 3 /* float activation slices in flight (ring) */
+
+/* see the comment above mma_frag */
+template <int BM, int BN> struct mma_cfg {
+    static constexpr int MI = BM / 128;       /* 16-row fragments a warp (warp: BM / 8 rows) */
+    static constexpr int NJ = BN / 8;         /* 8-token fragments a warp (all BN tokens) */
+    static constexpr int P = 40;              /* BF16 pitch of a token row of the activation tile */
+    static constexpr int XPT = BN * 32 / 256; /* activation floats a thread a slice (8 or 4) */
+    static constexpr int TPR = 32 / XPT;      /* threads a token row */
+    static constexpr int XSTAGE = BN * P;     /* BF16 elements a stage */
+    /* 8-token fragments of a tile 3/4 full (48 of 64 tokens: the usual expert) */
+    static constexpr int NV3 = 3 * NJ / 4 % 2 ? NJ : 3 * NJ / 4;
+};
+
+template <int TYPE, int BM, int BN>
+__global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma_args A) {
+    typedef mma_cfg<BM, BN> C;
+    constexpr int MI = C::MI, NJ = C::NJ, P = C::P, XPT = C::XPT, TPR = C::TPR;
+    /* F16 (16 raw bytes a row) loads its next weights after the first half
+     * of the slice's MMAs, where fewer registers are live */
+    constexpr bool LATE = TYPE == DS4_TYPE_F16;
+    __shared__ __align__(16) float Xf[MMA_XF][BN * 32];     /* activation slices as loaded (row-major) */
+    __shared__ __align__(16) __nv_bfloat16 Xs[2 * C::XSTAGE]; /* [2][BN][P], k permuted in the slice */
+    __shared__ uint64_t s_grid[TYPE == DS4_TYPE_IQ2_XXS ? 256 : 1];
+    __shared__ uint8_t s_signs[TYPE == DS4_TYPE_IQ2_XXS ? 128 : 1];
+    __shared__ uint32_t s_xrow[BN], s_yrow[BN];
+    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    uint64_t wrow0 = A.wrow0;
+    int32_t ntok = (int32_t)A.T;
+    if (A.list) {
+        ntok = A.cnt[blockIdx.z];
+        wrow0 = (uint64_t)blockIdx.z * A.w.n_out;
+    }
+    /* dense: blockIdx.x walks the token tiles (the activations stay in L2
+     * while the blocks sharing a weight tile run together) */
+    const uint32_t brow = A.list ? blockIdx.x : blockIdx.y, btile = A.list ? blockIdx.y : blockIdx.x;
+    const uint32_t ntile = A.list ? gridDim.y : gridDim.x;
+    if ((int32_t)(btile * BN) >= ntok) return;
+    if (TYPE == DS4_TYPE_IQ2_XXS) load_iq2_tables(s_grid, s_signs);
+
+    /* activations: token xt of the tile, floats 4f .. 4f+3 of each slice (f = xq + TPR i) */
+    const uint32_t xt = tid / TPR, xq = tid % TPR;
+    const uint32_t sx = (uint32_t)__cvta_generic_to_shared(Xs + ((lane & 7) + 8 * (lane >> 4)) * P + 8 * ((lane >> 3) & 1));
+    const uint32_t nsl = A.w.n_in / 32;
+
+    for (uint32_t tile = btile; (int32_t)(tile * BN) < ntok; tile += ntile) {
+        __syncthreads(); /* the previous tile's epilogue is done with s_yrow */
+        if (tid < BN) {
+            const int32_t i = (int32_t)(tile * BN + tid);
+            if (A.list) {
+                const uint32_t p = (uint32_t)A.list[A.off[blockIdx.z] + (i < ntok ? i : ntok - 1)];
+                s_xrow[tid] = p / A.x_div;
+                s_yrow[tid] = p;
+            } else {
+                s_xrow[tid] = i < ntok ? (uint32_t)i : (uint32_t)ntok - 1;
+                s_yrow[tid] = (uint32_t)i;
+            }
+        }
+        __syncthreads();
+        const int n = ntok - (int)(tile * BN) < BN ? ntok - (int)(tile * BN) : BN; /* tokens in the tile */
+        const bool xvalid = (int)xt < n;
+        const uint32_t xrow = s_xrow[xt];
+        const int njv = (n + 7) >> 3; /* 8-token fragments holding tokens */
+        /* the lane's rows r0 + 8k = 16 i + 8 hh + g of the warp's BM / 8 (k = 2i +
+         * hh), as weight rows; rows past n_rows read the last row (their
+         * outputs are not stored) */
+        const uint32_t r0 = brow * BM + warp * (BM / 8) + g;
+        uint32_t rowk[2 * MI];
+#pragma unroll
+        for (int k = 0; k < 2 * MI; k++) rowk[k] = (uint32_t)wrow0 + (r0 + 8 * k < A.n_rows ? r0 + 8 * k : A.n_rows - 1);
+        const uint32_t spr = dw_scales_per_row(A.w.type, A.w.n_in);
+        float acc[MI][NJ][4];
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int j = 0; j < NJ; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+        mma_frag<TYPE> fr[2 * MI];
+        uint32_t pw[2 * MI][4]; /* the lane's dequantized BF16 pairs of rows r0 + 8k */
+
+        /* global -> registers (weights) / shared ring (activations) */
+        /* (the empty asm keeps the row addresses from being computed once and
+         * held in registers across the loop: 64-bit pointers cost registers
+         * the MMAs need, recomputing them costs an IMAD a row and slice) */
+        auto load_w = [&](uint32_t s) {
+#pragma unroll
+            for (int k = 0; k < 2 * MI; k++) {
+                uint32_t r = rowk[k];
+                asm volatile("" : "+r"(r));
+                fr[k].load(A.w.q + (size_t)r * A.w.row_bytes, dw_split(TYPE) ? A.w.d + (size_t)r * spr : A.w.d, s >> 3,
+                           s & 7, t4);
+            }
+        };
+        auto load_x = [&](uint32_t s) {
+            uint32_t r = xrow;
+            asm volatile("" : "+r"(r));
+            const float *xs = A.x.f + (size_t)r * A.x.stride + A.x.off + 4 * xq + s * 32;
+            if (xvalid && s < nsl)
+#pragma unroll
+                for (int i = 0; i < XPT / 4; i++) cp_async16(&Xf[s % MMA_XF][xt * 32 + 4 * (xq + TPR * i)], xs + 4 * TPR * i);
+            cp_async_commit(); /* one group a slice, empty past the row */
+        };
+        auto deq = [&](uint32_t s) {
+#pragma unroll
+            for (int k = 0; k < 2 * MI; k++) {
+                uint32_t r = rowk[k];
+                asm volatile("" : "+r"(r));
+                fr[k].deq(pw[k], s_grid, s_signs, t4, A.w.q + (size_t)r * A.w.row_bytes, s >> 3, s & 7);
+            }
+        };
+        /* the thread's own float pieces of slice s (complete after its
+         * wait_group) -> BF16 stage b: physical k 4f + c (c = 2m + e) of the
+         * slice goes to logical column 16h + 8m + 2t + e, t = f >> 1, h = f & 1 */
+        auto stx = [&](uint32_t s, int b) {
+#pragma unroll
+            for (int i = 0; i < XPT / 4; i++) {
+                const uint32_t f = xq + TPR * i;
+                const float4 v = xvalid ? *(const float4 *)&Xf[s % MMA_XF][xt * 32 + 4 * f] : make_float4(0, 0, 0, 0);
+                __nv_bfloat16 *o = Xs + b * C::XSTAGE + xt * P + 16 * (f & 1) + 2 * (f >> 1);
+                *(uint32_t *)o = bf2(v.x, v.y);
+                *(uint32_t *)(o + 8) = bf2(v.z, v.w);
+            }
+        };
+        /* the warp's MMAs of a slice on stage b: NV 8-token fragments */
+        auto mmas = [&](auto nvc, int b, int h0, int h1) {
+            constexpr int NV = decltype(nvc)::value;
+#pragma unroll
+            for (int h = h0; h < h1; h++) {
+#pragma unroll
+                for (int jj = 0; jj < NV / 2; jj++) {
+                    uint32_t r[4];
+                    ldsm_x4(r, sx + (b * C::XSTAGE + 16 * jj * P + 16 * h) * 2);
+#pragma unroll
+                    for (int i = 0; i < MI; i++) {
+                        const uint32_t a[4] = {pw[2 * i][2 * h], pw[2 * i + 1][2 * h], pw[2 * i][2 * h + 1],
+                                               pw[2 * i + 1][2 * h + 1]};
+                        mma16816(acc[i][2 * jj], a, r[0], r[1]);
+                        mma16816(acc[i][2 * jj + 1], a, r[2], r[3]);
+                    }
+                }
+            }
+        };
+
+        load_x(0);
+        load_x(1);
+        load_w(0);
+        deq(0);
+        cp_async_wait_1();
+        stx(0, 0);
+        __syncthreads();
+        /* slice s: weights of s+1 -> registers, activations of s+2 -> ring;
+         * MMAs of s; dequantization of s+1 (into the fragment registers just
+         * used); activations of s+1 -> BF16 stage; one barrier */
+        for (uint32_t s = 0; s + 1 < nsl; s++) {
+            const int b = s & 1;
+            load_x(s + 2);
+            if (!LATE) load_w(s + 1);
+            auto step = [&](auto nvc) {
+                mmas(nvc, b, 0, 1);
+                if (LATE) load_w(s + 1);
+                mmas(nvc, b, 1, 2);
+                deq(s + 1);
+            };
+            if (njv > C::NV3) step(mma_int<NJ>());
+            else if (njv > NJ / 2) step(mma_int<C::NV3>());
+            else step(mma_int<NJ / 2>());
+            cp_async_wait_1();
+            stx(s + 1, b ^ 1);
+            __syncthreads();
+        }
+        if (njv > C::NV3) mmas(mma_int<NJ>(), (nsl - 1) & 1, 0, 2);
+        else if (njv > NJ / 2) mmas(mma_int<C::NV3>(), (nsl - 1) & 1, 0, 2);
+        else mmas(mma_int<NJ / 2>(), (nsl - 1) & 1, 0, 2);
+        cp_async_wait_all(); /* (empty groups) */
+
+        /* c0, c1: row g, tokens 2 t4, +1; c2, c3: row g + 8 */
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int t = 8 * j + 2 * t4 + e;
+                if (t >= n) continue;
+                float *yt = A.y + (size_t)s_yrow[t] * A.y_stride;
+#pragma unroll
+                for (int i = 0; i < MI; i++) { /* streaming stores: y should not evict the operands from L2 */
+                    const uint32_t ra = r0 + 16 * i, rb = ra + 8;
+                    if (ra < A.n_rows) __stcs(yt + ra, acc[i][j][e]);
+                    if (rb < A.n_rows) __stcs(yt + rb, acc[i][j][2 + e]);
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The first version (64 rows x 32/64 tokens, float activations in shared
+ * memory rounded to BF16 per MMA), kept for A/B timing: DS4_CUDA_MMA_OLD=1. */
+
+#define MMA_V1_BM 64
+#define MMA_V1_BK 128            /* row slice a pipeline stage */
+#define MMA_V1_WP (MMA_V1_BK + 8) /* bf16 a shared weight row */
+#define MMA_V1_XP (MMA_V1_BK + 8) /* floats a shared activation row */
+#define MMA_V1_WSTAGE (MMA_V1_BM * MMA_V1_WP * 2)
+#define MMA_V1_XSTAGE(bn) ((bn) * MMA_V1_XP * 4)
+#define MMA_V1_SMEM(bn) (2 * (MMA_V1_WSTAGE + MMA_V1_XSTAGE(bn)))
 
 /* 8 floats -> 8 BF16, one 16-byte shared store */
 static __device__ __forceinline__ void put8(__nv_bfloat16 *o, const float *f) {
@@ -280,39 +730,13 @@ template <> struct mma_raw<DS4_TYPE_BF16> {
     }
 };
 
-static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
-}
-static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
-static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-
-/* A fragment (16 rows x 16 k, row-major BF16 in shared memory): lanes 0-15
- * address rows 0-15 at k, lanes 16-31 rows 0-15 at k + 8 */
-static __device__ __forceinline__ void ldsm_x4(uint32_t (&a)[4], const __nv_bfloat16 *p) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                 : "r"(s)
-                 : "memory");
-}
-
-/* c (16 x 8 f32) += a (16 x 16 BF16) b (16 x 8 BF16); registers only (not
- * volatile: free to be scheduled around the shared loads) */
-static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 template <int TYPE, int BN>
-__global__ void __launch_bounds__(256, BN == 32 ? 3 : 2) mma_kernel(const __grid_constant__ mma_args A) {
+__global__ void __launch_bounds__(256, BN == 32 ? 3 : 2) mma_kernel_v1(const __grid_constant__ mma_args A) {
     constexpr int NJ = BN / 16;                    /* 8-token fragments a warp (BN/2 tokens) */
-    constexpr int XCH = BN * (MMA_BK / 4) / 256;   /* 16-byte activation pieces a thread a slice */
+    constexpr int XCH = BN * (MMA_V1_BK / 4) / 256;   /* 16-byte activation pieces a thread a slice */
     extern __shared__ __align__(128) unsigned char smem[];
-    __nv_bfloat16 *Ws0 = (__nv_bfloat16 *)smem;                       /* [2][64][MMA_WP] */
-    float *Xs0 = (float *)(smem + 2 * MMA_WSTAGE);                    /* [2][BN][MMA_XP] */
+    __nv_bfloat16 *Ws0 = (__nv_bfloat16 *)smem;                       /* [2][64][MMA_V1_WP] */
+    float *Xs0 = (float *)(smem + 2 * MMA_V1_WSTAGE);                    /* [2][BN][MMA_V1_XP] */
     __shared__ uint64_t s_grid[TYPE == DS4_TYPE_IQ2_XXS ? 256 : 1];
     __shared__ uint8_t s_signs[TYPE == DS4_TYPE_IQ2_XXS ? 128 : 1];
     __shared__ uint32_t s_xrow[BN], s_yrow[BN];
@@ -342,30 +766,30 @@ __global__ void __launch_bounds__(256, BN == 32 ? 3 : 2) mma_kernel(const __grid
     if (TYPE == DS4_TYPE_IQ2_XXS) load_iq2_tables(s_grid, s_signs);
     __syncthreads();
     const int n = s_n;
-    const uint32_t r0 = blockIdx.x * MMA_BM;
+    const uint32_t r0 = blockIdx.x * MMA_V1_BM;
     const uint32_t lr = tid >> 2, qd = tid & 3; /* dequant: row lr, weights [32 qd, 32 qd + 32) of the slice */
     const bool rvalid = r0 + lr < A.n_rows;
     const uint64_t wrow = wrow0 + r0 + (rvalid ? lr : 0);
     const uint32_t lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
     const uint32_t g = lane >> 2, t4 = lane & 3;
-    const uint32_t nsl = A.w.n_in / MMA_BK;
+    const uint32_t nsl = A.w.n_in / MMA_V1_BK;
 
     /* activation pieces of slice s into stage b: piece c = tid + 256 i is row
      * c / 32, floats 4 (c % 32) .. +3; rows >= n are left as they are (their
      * token columns are never stored) */
     auto issue_x = [&](uint32_t s, int b) {
-        float *xd = Xs0 + b * (BN * MMA_XP);
+        float *xd = Xs0 + b * (BN * MMA_V1_XP);
 #pragma unroll
         for (int i = 0; i < XCH; i++) {
             const uint32_t c = tid + 256 * i, t = c >> 5, p = c & 31;
             if ((int)t < n)
-                cp_async16(xd + t * MMA_XP + 4 * p,
-                           A.x.f + (size_t)s_xrow[t] * A.x.stride + A.x.off + (size_t)s * MMA_BK + 4 * p);
+                cp_async16(xd + t * MMA_V1_XP + 4 * p,
+                           A.x.f + (size_t)s_xrow[t] * A.x.stride + A.x.off + (size_t)s * MMA_V1_BK + 4 * p);
         }
         cp_async_commit();
     };
     auto store_w = [&](const mma_raw<TYPE> &raw, int b) {
-        __nv_bfloat16 *wd = Ws0 + b * (MMA_BM * MMA_WP) + lr * MMA_WP + qd * 32;
+        __nv_bfloat16 *wd = Ws0 + b * (MMA_V1_BM * MMA_V1_WP) + lr * MMA_V1_WP + qd * 32;
         if (rvalid) raw.store(wd, s_grid, s_signs);
         else
 #pragma unroll
@@ -390,17 +814,17 @@ __global__ void __launch_bounds__(256, BN == 32 ? 3 : 2) mma_kernel(const __grid
             if (rvalid) raw.load(A.w, wrow, (s + 1) >> 1, 4 * ((s + 1) & 1) + qd);
             issue_x(s + 1, b ^ 1);
         }
-        const __nv_bfloat16 *Wb = Ws0 + b * (MMA_BM * MMA_WP) + (16 * wr + (lane & 15)) * MMA_WP + 8 * (lane >> 4);
-        const float *Xb = Xs0 + b * (BN * MMA_XP) + (wc * (BN / 2) + g) * MMA_XP + 2 * t4;
+        const __nv_bfloat16 *Wb = Ws0 + b * (MMA_V1_BM * MMA_V1_WP) + (16 * wr + (lane & 15)) * MMA_V1_WP + 8 * (lane >> 4);
+        const float *Xb = Xs0 + b * (BN * MMA_V1_XP) + (wc * (BN / 2) + g) * MMA_V1_XP + 2 * t4;
 #pragma unroll 4
-        for (int kk = 0; kk < MMA_BK / 16; kk++) {
+        for (int kk = 0; kk < MMA_V1_BK / 16; kk++) {
             uint32_t a[4];
-            ldsm_x4(a, Wb + 16 * kk);
+            ldsm_x4(a, (uint32_t)__cvta_generic_to_shared(Wb + 16 * kk));
 #pragma unroll
             for (int j = 0; j < NJ; j++) {
                 if ((int)(wc * (BN / 2) + 8 * j) >= n) break; /* token columns past the tile's pairs */
-                const float2 v0 = *(const float2 *)(Xb + 8 * j * MMA_XP + 16 * kk);
-                const float2 v1 = *(const float2 *)(Xb + 8 * j * MMA_XP + 16 * kk + 8);
+                const float2 v0 = *(const float2 *)(Xb + 8 * j * MMA_V1_XP + 16 * kk);
+                const float2 v1 = *(const float2 *)(Xb + 8 * j * MMA_V1_XP + 16 * kk + 8);
                 mma16816(acc[j], a, bf2(v0.x, v0.y), bf2(v1.x, v1.y));
             }
         }
@@ -424,24 +848,53 @@ __global__ void __launch_bounds__(256, BN == 32 ? 3 : 2) mma_kernel(const __grid
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* launch */
+
+enum { MMA_256x64, MMA_256x32, MMA_128x64, MMA_128x32, MMA_TILES };
+static const uint32_t g_mma_tile_bm[MMA_TILES] = {256, 256, 128, 128}, g_mma_tile_bn[MMA_TILES] = {64, 32, 64, 32};
+
 static uint32_t g_mma_moe_bn = 0; /* tests: force the expert tile (32 or 64); 0: by pairs per expert */
 void cu_mma_set_moe_bn(uint32_t bn) { g_mma_moe_bn = bn; }
 
+static int g_mma_tile = -1;   /* DS4_CUDA_MMA_TILE=256x64|256x32|128x64|128x32: every product's tile */
+static bool g_mma_v1 = false; /* DS4_CUDA_MMA_OLD=1: the first version */
+static uint32_t g_mma_sms = 132;
+
 template <int TYPE> static void mma_attr(void) {
-    cudaFuncSetAttribute(mma_kernel<TYPE, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(32));
-    cudaFuncSetAttribute(mma_kernel<TYPE, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BN(64));
+    cudaFuncSetAttribute(mma_kernel_v1<TYPE, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_V1_SMEM(32));
+    cudaFuncSetAttribute(mma_kernel_v1<TYPE, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_V1_SMEM(64));
 }
 
-template <int TYPE> static void mma_go(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert, bool bn32) {
+/* experts: (row blocks, token tiles, experts); dense: (token tiles, row blocks) */
+template <int TYPE, int BM, int BN>
+static void mma_go1(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t gy, uint32_t n_expert) {
+    const uint32_t rb = (n_rows + BM - 1) / BM;
+    const dim3 grid = A.list ? dim3(rb, gy, n_expert) : dim3(gy, rb, 1);
+    mma_kernel<TYPE, BM, BN><<<grid, 256, 0, st>>>(A);
+}
+
+template <int TYPE>
+static void mma_go(cudaStream_t st, const mma_args &A, int tile, uint32_t n_rows, uint32_t gy, uint32_t n_expert) {
+    switch (tile) {
+    case MMA_256x64: mma_go1<TYPE, 256, 64>(st, A, n_rows, gy, n_expert); break;
+    case MMA_256x32: mma_go1<TYPE, 256, 32>(st, A, n_rows, gy, n_expert); break;
+    case MMA_128x64: mma_go1<TYPE, 128, 64>(st, A, n_rows, gy, n_expert); break;
+    default: mma_go1<TYPE, 128, 32>(st, A, n_rows, gy, n_expert); break;
+    }
+}
+
+template <int TYPE>
+static void mma_go_v1(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert, bool bn32) {
     if (bn32)
-        mma_kernel<TYPE, 32><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 31) / 32, n_expert), 256, MMA_SMEM_BN(32), st>>>(A);
+        mma_kernel_v1<TYPE, 32><<<dim3((n_rows + MMA_V1_BM - 1) / MMA_V1_BM, (T + 31) / 32, n_expert), 256, MMA_V1_SMEM(32), st>>>(A);
     else
-        mma_kernel<TYPE, 64><<<dim3((n_rows + MMA_BM - 1) / MMA_BM, (T + 63) / 64, n_expert), 256, MMA_SMEM_BN(64), st>>>(A);
+        mma_kernel_v1<TYPE, 64><<<dim3((n_rows + MMA_V1_BM - 1) / MMA_V1_BM, (T + 63) / 64, n_expert), 256, MMA_V1_SMEM(64), st>>>(A);
 }
 
 static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert) {
-    static bool attr = false;
-    if (!attr) {
+    static bool init = false;
+    if (!init) {
         mma_attr<DS4_TYPE_Q8_0>();
         mma_attr<DS4_TYPE_IQ2_XXS>();
         mma_attr<DS4_TYPE_Q2_K>();
@@ -450,18 +903,60 @@ static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint
         mma_attr<DS4_TYPE_BF16>();
         const char *e = getenv("DS4_CUDA_MMA_MOE_BN"); /* 32 / 64: the expert tile, for measurements */
         if (e && *e && !g_mma_moe_bn) g_mma_moe_bn = (uint32_t)atoi(e);
-        attr = true;
+        e = getenv("DS4_CUDA_MMA_TILE");
+        for (int t = 0; e && *e && t < MMA_TILES; t++) {
+            char name[16];
+            snprintf(name, sizeof name, "%ux%u", g_mma_tile_bm[t], g_mma_tile_bn[t]);
+            if (!strcmp(e, name)) g_mma_tile = t;
+        }
+        e = getenv("DS4_CUDA_MMA_OLD");
+        g_mma_v1 = e && *e && atoi(e) != 0;
+        int dev = 0, sms = 0;
+        if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
+            sms > 0)
+            g_mma_sms = (uint32_t)sms;
+        init = true;
     }
     /* experts with few pairs each (T <= 4 x experts: ~24 pairs at top-6):
-     * 32-token tiles (3 blocks an SM); dense products and fuller experts: 64 */
+     * 32-token tiles; dense products and fuller experts: 64 */
     const bool bn32 = A.list && (g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert);
+    if (g_mma_v1) {
+        switch (A.w.type) {
+        case DS4_TYPE_Q8_0: mma_go_v1<DS4_TYPE_Q8_0>(st, A, n_rows, T, n_expert, bn32); break;
+        case DS4_TYPE_IQ2_XXS: mma_go_v1<DS4_TYPE_IQ2_XXS>(st, A, n_rows, T, n_expert, bn32); break;
+        case DS4_TYPE_Q2_K: mma_go_v1<DS4_TYPE_Q2_K>(st, A, n_rows, T, n_expert, bn32); break;
+        case DS4_TYPE_Q4_K: mma_go_v1<DS4_TYPE_Q4_K>(st, A, n_rows, T, n_expert, bn32); break;
+        case DS4_TYPE_F16: mma_go_v1<DS4_TYPE_F16>(st, A, n_rows, T, n_expert, bn32); break;
+        case DS4_TYPE_BF16: mma_go_v1<DS4_TYPE_BF16>(st, A, n_rows, T, n_expert, bn32); break;
+        default: break;
+        }
+        return;
+    }
+    int tile;
+    if (g_mma_tile >= 0) tile = g_mma_tile;
+    else if (A.list) tile = bn32 ? MMA_256x32 : MMA_256x64; /* experts: n_out x experts rows fill the GPU */
+    else {
+        /* dense: the largest tile whose grid still fills the GPU (about 2
+         * blocks an SM), else the one with more blocks; tiny products: a
+         * 32-token tile when T <= 32 */
+        const uint32_t want = 2 * g_mma_sms - g_mma_sms / 8;
+        uint32_t nb[MMA_TILES];
+        for (int t = 0; t < MMA_TILES; t++)
+            nb[t] = ((n_rows + g_mma_tile_bm[t] - 1) / g_mma_tile_bm[t]) * ((T + g_mma_tile_bn[t] - 1) / g_mma_tile_bn[t]);
+        tile = nb[MMA_256x64] >= want   ? MMA_256x64
+               : nb[MMA_128x64] >= want ? MMA_128x64
+               : nb[MMA_128x32] >= want || T <= 32 ? MMA_128x32
+                                                    : MMA_128x64;
+    }
+    const uint32_t tiles = (T + g_mma_tile_bn[tile] - 1) / g_mma_tile_bn[tile];
+    const uint32_t gy = A.list ? (tiles + 3) / 4 : tiles; /* experts: blocks walk tiles gridDim.y apart */
     switch (A.w.type) {
-    case DS4_TYPE_Q8_0: mma_go<DS4_TYPE_Q8_0>(st, A, n_rows, T, n_expert, bn32); break;
-    case DS4_TYPE_IQ2_XXS: mma_go<DS4_TYPE_IQ2_XXS>(st, A, n_rows, T, n_expert, bn32); break;
-    case DS4_TYPE_Q2_K: mma_go<DS4_TYPE_Q2_K>(st, A, n_rows, T, n_expert, bn32); break;
-    case DS4_TYPE_Q4_K: mma_go<DS4_TYPE_Q4_K>(st, A, n_rows, T, n_expert, bn32); break;
-    case DS4_TYPE_F16: mma_go<DS4_TYPE_F16>(st, A, n_rows, T, n_expert, bn32); break;
-    case DS4_TYPE_BF16: mma_go<DS4_TYPE_BF16>(st, A, n_rows, T, n_expert, bn32); break;
+    case DS4_TYPE_Q8_0: mma_go<DS4_TYPE_Q8_0>(st, A, tile, n_rows, gy, n_expert); break;
+    case DS4_TYPE_IQ2_XXS: mma_go<DS4_TYPE_IQ2_XXS>(st, A, tile, n_rows, gy, n_expert); break;
+    case DS4_TYPE_Q2_K: mma_go<DS4_TYPE_Q2_K>(st, A, tile, n_rows, gy, n_expert); break;
+    case DS4_TYPE_Q4_K: mma_go<DS4_TYPE_Q4_K>(st, A, tile, n_rows, gy, n_expert); break;
+    case DS4_TYPE_F16: mma_go<DS4_TYPE_F16>(st, A, tile, n_rows, gy, n_expert); break;
+    case DS4_TYPE_BF16: mma_go<DS4_TYPE_BF16>(st, A, tile, n_rows, gy, n_expert); break;
     default: break;
     }
 }
@@ -485,8 +980,12 @@ bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int3
     return true;
 }
 
+bool cu_mma_dense_ok(const mv_job &J, uint32_t T) {
+    return T >= cu_mma_min_T() && !J.mat_ids && J.n_pairs <= 1 && !J.exact && mma_ok(J.w, J.x);
+}
+
 bool cu_mma_dense(cudaStream_t st, const mv_job &J, uint32_t T) {
-    if (T < cu_mma_min_T() || J.mat_ids || J.n_pairs > 1 || J.exact || !mma_ok(J.w, J.x)) return false;
+    if (!cu_mma_dense_ok(J, T)) return false;
     mma_args A;
     memset(&A, 0, sizeof A);
     A.w = J.w;
