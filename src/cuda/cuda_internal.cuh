@@ -334,6 +334,10 @@ bool cu_mma_dense(cudaStream_t st, const mv_job &J, uint32_t T);
 /* whether cu_mma_dense would run J (then only x's floats are read: the
  * caller may skip forming the quantized activations) */
 bool cu_mma_dense_ok(const mv_job &J, uint32_t T);
+/* n jobs that are consecutive row groups of one weight against equally
+ * spaced slices of one activation (the out_a groups) as one launch; false
+ * (nothing run) otherwise */
+bool cu_mma_dense_groups(cudaStream_t st, const mv_job *jobs, int n, uint32_t T);
 /* cu_moe_mm on tensor cores when allowed; false: not run */
 bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,
                 const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride, uint32_t T);

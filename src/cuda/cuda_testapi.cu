@@ -116,6 +116,36 @@ extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t
     return S.ok;
 }
 
+/* G jobs in one call, as the attention's out_a groups: job g = rows
+ * [g R, g R + R) of matrix mat against columns [g n_in, g n_in + n_in) of x
+ * (T rows of G n_in) -> y[t][g R + r] (rows of G R) */
+extern "C" bool ds4_cuda_test_matmul_groups(const ds4_weight *w, uint64_t mat, uint32_t G, uint32_t R, const float *x,
+                                            int T, float *y, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(w, &dw)) return false;
+    const uint32_t n = (uint32_t)w->n_in;
+    dact a = S.act((uint32_t)T, G * n, x);
+    float *dy = S.dev<float>((size_t)T * G * R);
+    if (!S.ok) return false;
+    mv_job j[MV_MAX_JOBS];
+    if (G > MV_MAX_JOBS) return S.fail("too many groups"), false;
+    memset(j, 0, sizeof j);
+    for (uint32_t g = 0; g < G; g++) {
+        j[g].w = dw;
+        j[g].mat = (uint32_t)mat;
+        j[g].n_pairs = 1;
+        j[g].row0 = g * R;
+        j[g].n_rows = R;
+        j[g].x = av_of(a, g * n);
+        j[g].y = dy + (size_t)g * R;
+        j[g].y_stride = G * R;
+    }
+    cu_matvec(S.st, j, (int)G, (uint32_t)T);
+    S.get(y, dy, (size_t)T * G * R);
+    return S.ok;
+}
+
 /* One decode launch of two jobs: expert pairs (matrix ids[p], activation
  * row p or row 0 when x_shared) -> y [n_pairs][n_out], and a dense job over
  * rows [3, n_out) of the last matrix with activation row 0 -> y2. */

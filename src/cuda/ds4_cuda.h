@@ -121,6 +121,10 @@ bool ds4_cuda_test_attention_tc(const float *q, uint32_t T, uint32_t H, uint32_t
 /* ds4_cuda_test_matmul marks its job exact (as the router is: the tiled f32
  * kernel for float weights over many tokens) */
 void ds4_cuda_test_set_exact_jobs(bool on);
+/* G row groups of one weight against G column slices of x in one call (the
+ * out_a groups: one tensor-core launch at prefill) */
+bool ds4_cuda_test_matmul_groups(const ds4_weight *w, uint64_t mat, uint32_t G, uint32_t R, const float *x, int T,
+                                 float *y, char *err, size_t errlen);
 bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
                                 bool x_shared, float *y, float *y2, char *err, size_t errlen);
 bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T, uint32_t C,

@@ -1101,6 +1101,7 @@ void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T) {
             for (int j = 0; j < n_jobs; j++) matvec_split(st, jobs[j], T);
         return;
     }
+    if (cu_mma_dense_groups(st, jobs, n_jobs, T)) return;
     for (int j = 0; j < n_jobs; j++)
         if (!cu_mma_dense(st, jobs[j], T)) matvec_split(st, jobs[j], T);
 }

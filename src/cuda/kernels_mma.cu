@@ -12,11 +12,13 @@
  * block gathering its token tiles from the expert's sorted pair list (no
  * host sync).
  *
- * The first version (kept as mma_kernel_v1, DS4_CUDA_MMA_OLD=1, for A/B
- * runs) dequantized 64-row tiles into shared memory and read the activations
- * there as floats; H100, 2048-token chunk: q_b (Q8_0, 1024 -> 32768) 1.42 ->
- * 0.74 ms, routed gate (IQ2_XXS, 256 x 2048 x 4096, ~48 tokens an expert)
- * 2.82 -> 1.43 ms, routed down (Q2_K, 256 x 4096 x 2048) 3.17 -> 1.45 ms.
+ * Against the first version (64-row tiles dequantized into shared memory,
+ * activations read there as floats), H100, 2048-token chunk: q_b (Q8_0,
+ * 1024 -> 32768) 1.42 -> 0.74 ms, routed gate (IQ2_XXS, 256 x 2048 x 4096,
+ * ~48 tokens an expert) 2.82 -> 1.43 ms, routed down (Q2_K, 256 x 4096 x
+ * 2048) 3.17 -> 1.45 ms. The attention's out_a groups (one weight's row
+ * groups against slices of the attention output) run as one launch with
+ * the group in blockIdx.z (cu_mma_dense_groups).
  */
 #include "cuda_internal.cuh"
 
@@ -82,6 +84,11 @@ typedef struct {
     uint32_t y_stride, T;
     const int32_t *cnt, *off, *list; /* MoE: pairs by expert (NULL: dense) */
     uint32_t x_div;
+    /* dense groups (blockIdx.z, 0 for MoE): group z reads weight rows
+     * wrow0 + z gz_w, activation elements from x.off + z gz_x and writes y +
+     * z gz_y (the attention output's 8 out_a groups in one launch) */
+    uint64_t gz_w;
+    uint32_t gz_x, gz_y;
 } mma_args;
 
 /* Four bytes (unsigned) -> floats without int->float conversions (a quarter
@@ -396,7 +403,7 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
     __shared__ uint8_t s_signs[TYPE == DS4_TYPE_IQ2_XXS ? 128 : 1];
     __shared__ uint32_t s_xrow[BN], s_yrow[BN];
     const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-    uint64_t wrow0 = A.wrow0;
+    uint64_t wrow0 = A.wrow0 + blockIdx.z * A.gz_w;
     int32_t ntok = (int32_t)A.T;
     if (A.list) {
         ntok = A.cnt[blockIdx.z];
@@ -464,7 +471,7 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
         auto load_x = [&](uint32_t s) {
             uint32_t r = xrow;
             asm volatile("" : "+r"(r));
-            const float *xs = A.x.f + (size_t)r * A.x.stride + A.x.off + 4 * xq + s * 32;
+            const float *xs = A.x.f + (size_t)r * A.x.stride + A.x.off + blockIdx.z * A.gz_x + 4 * xq + s * 32;
             if (xvalid && s < nsl)
 #pragma unroll
                 for (int i = 0; i < XPT / 4; i++) cp_async16(&Xf[s % MMA_XF][xt * 32 + 4 * (xq + TPR * i)], xs + 4 * TPR * i);
@@ -550,7 +557,7 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
             for (int e = 0; e < 2; e++) {
                 const int t = 8 * j + 2 * t4 + e;
                 if (t >= n) continue;
-                float *yt = A.y + (size_t)s_yrow[t] * A.y_stride;
+                float *yt = A.y + blockIdx.z * A.gz_y + (size_t)s_yrow[t] * A.y_stride;
 #pragma unroll
                 for (int i = 0; i < MI; i++) { /* streaming stores: y should not evict the operands from L2 */
                     const uint32_t ra = r0 + 16 * i, rb = ra + 8;
@@ -558,292 +565,6 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
                     if (rb < A.n_rows) __stcs(yt + rb, acc[i][j][2 + e]);
                 }
             }
-        }
-    }
-}
-
-/* ------------------------------------------------------------------------ */
-/* The first version (64 rows x 32/64 tokens, float activations in shared
- * memory rounded to BF16 per MMA), kept for A/B timing: DS4_CUDA_MMA_OLD=1. */
-
-#define MMA_V1_BM 64
-#define MMA_V1_BK 128            /* row slice a pipeline stage */
-#define MMA_V1_WP (MMA_V1_BK + 8) /* bf16 a shared weight row */
-#define MMA_V1_XP (MMA_V1_BK + 8) /* floats a shared activation row */
-#define MMA_V1_WSTAGE (MMA_V1_BM * MMA_V1_WP * 2)
-#define MMA_V1_XSTAGE(bn) ((bn) * MMA_V1_XP * 4)
-#define MMA_V1_SMEM(bn) (2 * (MMA_V1_WSTAGE + MMA_V1_XSTAGE(bn)))
-
-/* 8 floats -> 8 BF16, one 16-byte shared store */
-static __device__ __forceinline__ void put8(__nv_bfloat16 *o, const float *f) {
-    *(uint4 *)o = make_uint4(bf2(f[0], f[1]), bf2(f[2], f[3]), bf2(f[4], f[5]), bf2(f[6], f[7]));
-}
-
-/* The raw bytes of 32 weights: row `wrow`, super-block sb (256 weights), 32-
- * weight piece sub (0..7) = weights [32 sub, 32 sub + 32) of the super-block.
- * load() issues the global loads (kept in registers across the MMAs), store()
- * dequantizes them to BF16 (the CPU dequantizer's values, rounded once). */
-template <int TYPE> struct mma_raw;
-
-template <> struct mma_raw<DS4_TYPE_Q8_0> { /* split: 32 int8 + one f16 scale per 32 */
-    uint4 q0, q1;
-    __half d;
-    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
-        const uint4 *q = (const uint4 *)(w.q + wrow * w.row_bytes + (size_t)sb * 256 + sub * 32);
-        q0 = q[0];
-        q1 = q[1];
-        d = w.d[wrow * (w.n_in / 32) + sb * 8 + sub];
-    }
-    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
-        const float dc = __half2float(d);
-        const uint32_t u[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
-#pragma unroll
-        for (int k = 0; k < 8; k += 2) {
-            float f[8];
-            bytes4_f(u[k] ^ 0x80808080u, 128.0f, f); /* int8 q: q + 128 as unsigned */
-            bytes4_f(u[k + 1] ^ 0x80808080u, 128.0f, f + 4);
-#pragma unroll
-            for (int i = 0; i < 8; i++) f[i] = dc * f[i];
-            put8(out + 4 * k, f);
-        }
-    }
-};
-
-template <> struct mma_raw<DS4_TYPE_IQ2_XXS> { /* split: 64 bytes per 256, one f16 scale per 256 */
-    uint2 a;
-    __half d;
-    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
-        a = *(const uint2 *)(w.q + wrow * w.row_bytes + (size_t)sb * 64 + sub * 8);
-        d = w.d[wrow * (w.n_in / 256) + sb];
-    }
-    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *grid, const uint8_t *signs) const {
-        const float db = __half2float(d) * (0.5f + (float)(a.y >> 28)) * 0.25f;
-#pragma unroll
-        for (int l = 0; l < 4; l++) {
-            const uint64_t gv = grid[(a.x >> (8 * l)) & 0xFF];
-            const uint32_t sg = signs[(a.y >> (7 * l)) & 127];
-            float f[8];
-            bytes4_f((uint32_t)gv, 0.0f, f);
-            bytes4_f((uint32_t)(gv >> 32), 0.0f, f + 4);
-#pragma unroll
-            for (int i = 0; i < 8; i++) f[i] *= (sg >> i) & 1 ? -db : db;
-            put8(out + 8 * l, f);
-        }
-    }
-};
-
-template <> struct mma_raw<DS4_TYPE_Q2_K> { /* 84-byte blocks (4-byte aligned): scales[16], qs[64], d, dmin */
-    uint32_t qs[8], scw, ddm, j;
-    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
-        const uint8_t *b = w.q + wrow * w.row_bytes + (size_t)sb * 84;
-        const uint32_t h = sub >> 2; /* weights 128h + 32j + 16half + l: qs[32h + 16half + l] >> 2j, scale 8h + 2j + half */
-        j = sub & 3;
-#pragma unroll
-        for (int i = 0; i < 8; i++) qs[i] = *(const uint32_t *)(b + 16 + 32 * h + 4 * i);
-        scw = *(const uint32_t *)(b + 8 * h + 4 * (j >> 1)); /* scales 8h + 4(j>>1) .. +3 */
-        ddm = *(const uint32_t *)(b + 80);
-    }
-    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
-        const float d = h2f(ddm & 0xffff), dmin = h2f(ddm >> 16);
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const uint32_t sc = byte_of(scw, 2 * (j & 1) + half);
-            const float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
-#pragma unroll
-            for (int k = 0; k < 4; k += 2) {
-                float f[8];
-                bytes4_f((qs[4 * half + k] >> (2 * j)) & 0x03030303u, 0.0f, f);
-                bytes4_f((qs[4 * half + k + 1] >> (2 * j)) & 0x03030303u, 0.0f, f + 4);
-#pragma unroll
-                for (int i = 0; i < 8; i++) f[i] = dl * f[i] - ml;
-                put8(out + 16 * half + 4 * k, f);
-            }
-        }
-    }
-};
-
-template <> struct mma_raw<DS4_TYPE_Q4_K> { /* 144-byte blocks: d, dmin, scales[12], qs[128] */
-    uint4 q0, q1;
-    uint32_t dd, s3[3], sub;
-    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub_) {
-        const uint8_t *b = w.q + wrow * w.row_bytes + (size_t)sb * 144;
-        sub = sub_; /* weights 64(sub>>1) + 32(sub&1) + l: nibble (sub&1) of qs[32(sub>>1) + l], scale/min sub */
-        const uint4 hd = *(const uint4 *)b;
-        dd = hd.x;
-        s3[0] = hd.y;
-        s3[1] = hd.z;
-        s3[2] = hd.w;
-        q0 = *(const uint4 *)(b + 16 + 32 * (sub >> 1));
-        q1 = *(const uint4 *)(b + 32 + 32 * (sub >> 1));
-    }
-    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
-        const float d = h2f(dd & 0xffff), dmin = h2f(dd >> 16);
-        /* q4k_scale_min with the byte picked by selects (no local array) */
-#define SB(i) ((int)byte_of((i) < 4 ? s3[0] : (i) < 8 ? s3[1] : s3[2], (i) & 3))
-        const int j = (int)sub;
-        const int sc = j < 4 ? SB(j) & 63 : (SB(j + 4) & 0xF) | ((SB(j - 4) >> 6) << 4);
-        const int m = j < 4 ? SB(j + 4) & 63 : (SB(j + 4) >> 4) | ((SB(j) >> 6) << 4);
-#undef SB
-        const float dl = d * (float)sc, ml = dmin * (float)m;
-        const uint32_t sh = 4 * (sub & 1);
-        const uint32_t qv[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
-#pragma unroll
-        for (int k = 0; k < 8; k += 2) {
-            float f[8];
-            bytes4_f((qv[k] >> sh) & 0x0f0f0f0fu, 0.0f, f);
-            bytes4_f((qv[k + 1] >> sh) & 0x0f0f0f0fu, 0.0f, f + 4);
-#pragma unroll
-            for (int i = 0; i < 8; i++) f[i] = dl * f[i] - ml;
-            put8(out + 4 * k, f);
-        }
-    }
-};
-
-template <> struct mma_raw<DS4_TYPE_F16> {
-    uint4 q[4];
-    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
-        const uint4 *p = (const uint4 *)(w.q + wrow * w.row_bytes + ((size_t)sb * 256 + sub * 32) * 2);
-#pragma unroll
-        for (int c = 0; c < 4; c++) q[c] = p[c];
-    }
-    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            const float2 a0 = __half22float2(*(const __half2 *)&q[c].x), a1 = __half22float2(*(const __half2 *)&q[c].y);
-            const float2 a2 = __half22float2(*(const __half2 *)&q[c].z), a3 = __half22float2(*(const __half2 *)&q[c].w);
-            const float f[8] = {a0.x, a0.y, a1.x, a1.y, a2.x, a2.y, a3.x, a3.y};
-            put8(out + 8 * c, f);
-        }
-    }
-};
-
-template <> struct mma_raw<DS4_TYPE_BF16> {
-    uint4 q[4];
-    __device__ __forceinline__ void load(const dweight &w, uint64_t wrow, uint32_t sb, uint32_t sub) {
-        const uint4 *p = (const uint4 *)(w.q + wrow * w.row_bytes + ((size_t)sb * 256 + sub * 32) * 2);
-#pragma unroll
-        for (int c = 0; c < 4; c++) q[c] = p[c];
-    }
-    __device__ __forceinline__ void store(__nv_bfloat16 *out, const uint64_t *, const uint8_t *) const {
-#pragma unroll
-        for (int c = 0; c < 4; c++) ((uint4 *)out)[c] = q[c];
-    }
-};
-
-template <int TYPE, int BN>
-__global__ void __launch_bounds__(256, BN == 32 ? 3 : 2) mma_kernel_v1(const __grid_constant__ mma_args A) {
-    constexpr int NJ = BN / 16;                    /* 8-token fragments a warp (BN/2 tokens) */
-    constexpr int XCH = BN * (MMA_V1_BK / 4) / 256;   /* 16-byte activation pieces a thread a slice */
-    extern __shared__ __align__(128) unsigned char smem[];
-    __nv_bfloat16 *Ws0 = (__nv_bfloat16 *)smem;                       /* [2][64][MMA_V1_WP] */
-    float *Xs0 = (float *)(smem + 2 * MMA_V1_WSTAGE);                    /* [2][BN][MMA_V1_XP] */
-    __shared__ uint64_t s_grid[TYPE == DS4_TYPE_IQ2_XXS ? 256 : 1];
-    __shared__ uint8_t s_signs[TYPE == DS4_TYPE_IQ2_XXS ? 128 : 1];
-    __shared__ uint32_t s_xrow[BN], s_yrow[BN];
-    __shared__ int s_n;
-    const uint32_t tid = threadIdx.x;
-    uint64_t wrow0 = A.wrow0;
-    if (A.list) {
-        const uint32_t e = blockIdx.z;
-        const int32_t n = A.cnt[e];
-        if ((int32_t)(blockIdx.y * BN) >= n) return;
-        wrow0 = (uint64_t)e * A.w.n_out;
-        if (tid < BN) {
-            const int32_t i = (int32_t)(blockIdx.y * BN + tid);
-            const uint32_t p = (uint32_t)A.list[A.off[e] + (i < n ? i : n - 1)];
-            s_xrow[tid] = p / A.x_div;
-            s_yrow[tid] = p;
-        }
-        if (tid == 0) s_n = n - (int32_t)(blockIdx.y * BN) < BN ? n - (int32_t)(blockIdx.y * BN) : BN;
-    } else {
-        if (tid < BN) {
-            const uint32_t t = blockIdx.y * BN + tid;
-            s_xrow[tid] = t < A.T ? t : A.T - 1;
-            s_yrow[tid] = t;
-        }
-        if (tid == 0) s_n = A.T - blockIdx.y * BN < (uint32_t)BN ? (int)(A.T - blockIdx.y * BN) : BN;
-    }
-    if (TYPE == DS4_TYPE_IQ2_XXS) load_iq2_tables(s_grid, s_signs);
-    __syncthreads();
-    const int n = s_n;
-    const uint32_t r0 = blockIdx.x * MMA_V1_BM;
-    const uint32_t lr = tid >> 2, qd = tid & 3; /* dequant: row lr, weights [32 qd, 32 qd + 32) of the slice */
-    const bool rvalid = r0 + lr < A.n_rows;
-    const uint64_t wrow = wrow0 + r0 + (rvalid ? lr : 0);
-    const uint32_t lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
-    const uint32_t g = lane >> 2, t4 = lane & 3;
-    const uint32_t nsl = A.w.n_in / MMA_V1_BK;
-
-    /* activation pieces of slice s into stage b: piece c = tid + 256 i is row
-     * c / 32, floats 4 (c % 32) .. +3; rows >= n are left as they are (their
-     * token columns are never stored) */
-    auto issue_x = [&](uint32_t s, int b) {
-        float *xd = Xs0 + b * (BN * MMA_V1_XP);
-#pragma unroll
-        for (int i = 0; i < XCH; i++) {
-            const uint32_t c = tid + 256 * i, t = c >> 5, p = c & 31;
-            if ((int)t < n)
-                cp_async16(xd + t * MMA_V1_XP + 4 * p,
-                           A.x.f + (size_t)s_xrow[t] * A.x.stride + A.x.off + (size_t)s * MMA_V1_BK + 4 * p);
-        }
-        cp_async_commit();
-    };
-    auto store_w = [&](const mma_raw<TYPE> &raw, int b) {
-        __nv_bfloat16 *wd = Ws0 + b * (MMA_V1_BM * MMA_V1_WP) + lr * MMA_V1_WP + qd * 32;
-        if (rvalid) raw.store(wd, s_grid, s_signs);
-        else
-#pragma unroll
-            for (int i = 0; i < 4; i++) ((uint4 *)wd)[i] = make_uint4(0, 0, 0, 0);
-    };
-
-    float acc[NJ][4];
-#pragma unroll
-    for (int j = 0; j < NJ; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-
-    mma_raw<TYPE> raw;
-    if (rvalid) raw.load(A.w, wrow, 0, qd);
-    issue_x(0, 0);
-    store_w(raw, 0);
-    cp_async_wait_all();
-    __syncthreads();
-
-    for (uint32_t s = 0; s < nsl; s++) {
-        const int b = s & 1;
-        const bool more = s + 1 < nsl;
-        if (more) {
-            if (rvalid) raw.load(A.w, wrow, (s + 1) >> 1, 4 * ((s + 1) & 1) + qd);
-            issue_x(s + 1, b ^ 1);
-        }
-        const __nv_bfloat16 *Wb = Ws0 + b * (MMA_V1_BM * MMA_V1_WP) + (16 * wr + (lane & 15)) * MMA_V1_WP + 8 * (lane >> 4);
-        const float *Xb = Xs0 + b * (BN * MMA_V1_XP) + (wc * (BN / 2) + g) * MMA_V1_XP + 2 * t4;
-#pragma unroll 4
-        for (int kk = 0; kk < MMA_V1_BK / 16; kk++) {
-            uint32_t a[4];
-            ldsm_x4(a, (uint32_t)__cvta_generic_to_shared(Wb + 16 * kk));
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                if ((int)(wc * (BN / 2) + 8 * j) >= n) break; /* token columns past the tile's pairs */
-                const float2 v0 = *(const float2 *)(Xb + 8 * j * MMA_V1_XP + 16 * kk);
-                const float2 v1 = *(const float2 *)(Xb + 8 * j * MMA_V1_XP + 16 * kk + 8);
-                mma16816(acc[j], a, bf2(v0.x, v0.y), bf2(v1.x, v1.y));
-            }
-        }
-        if (more) store_w(raw, b ^ 1);
-        cp_async_wait_all();
-        __syncthreads();
-    }
-
-    /* c0, c1: row g, tokens 2 t4, +1; c2, c3: row g + 8 */
-    const uint32_t ra = r0 + 16 * wr + g, rb = ra + 8;
-#pragma unroll
-    for (int j = 0; j < NJ; j++) {
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int t = (int)(wc * (BN / 2) + 8 * j + 2 * t4 + e);
-            if (t >= n) continue;
-            float *yt = A.y + (size_t)s_yrow[t] * A.y_stride;
-            if (ra < A.n_rows) yt[ra] = acc[j][e];
-            if (rb < A.n_rows) yt[rb] = acc[j][2 + e];
         }
     }
 }
@@ -857,20 +578,14 @@ static const uint32_t g_mma_tile_bm[MMA_TILES] = {256, 256, 128, 128}, g_mma_til
 static uint32_t g_mma_moe_bn = 0; /* tests: force the expert tile (32 or 64); 0: by pairs per expert */
 void cu_mma_set_moe_bn(uint32_t bn) { g_mma_moe_bn = bn; }
 
-static int g_mma_tile = -1;   /* DS4_CUDA_MMA_TILE=256x64|256x32|128x64|128x32: every product's tile */
-static bool g_mma_v1 = false; /* DS4_CUDA_MMA_OLD=1: the first version */
+static int g_mma_tile = -1; /* DS4_CUDA_MMA_TILE=256x64|256x32|128x64|128x32: every product's tile */
 static uint32_t g_mma_sms = 132;
-
-template <int TYPE> static void mma_attr(void) {
-    cudaFuncSetAttribute(mma_kernel_v1<TYPE, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_V1_SMEM(32));
-    cudaFuncSetAttribute(mma_kernel_v1<TYPE, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_V1_SMEM(64));
-}
 
 /* experts: (row blocks, token tiles, experts); dense: (token tiles, row blocks) */
 template <int TYPE, int BM, int BN>
 static void mma_go1(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t gy, uint32_t n_expert) {
     const uint32_t rb = (n_rows + BM - 1) / BM;
-    const dim3 grid = A.list ? dim3(rb, gy, n_expert) : dim3(gy, rb, 1);
+    const dim3 grid = A.list ? dim3(rb, gy, n_expert) : dim3(gy, rb, n_expert); /* dense: n_expert groups */
     mma_kernel<TYPE, BM, BN><<<grid, 256, 0, st>>>(A);
 }
 
@@ -884,23 +599,9 @@ static void mma_go(cudaStream_t st, const mma_args &A, int tile, uint32_t n_rows
     }
 }
 
-template <int TYPE>
-static void mma_go_v1(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert, bool bn32) {
-    if (bn32)
-        mma_kernel_v1<TYPE, 32><<<dim3((n_rows + MMA_V1_BM - 1) / MMA_V1_BM, (T + 31) / 32, n_expert), 256, MMA_V1_SMEM(32), st>>>(A);
-    else
-        mma_kernel_v1<TYPE, 64><<<dim3((n_rows + MMA_V1_BM - 1) / MMA_V1_BM, (T + 63) / 64, n_expert), 256, MMA_V1_SMEM(64), st>>>(A);
-}
-
 static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert) {
     static bool init = false;
     if (!init) {
-        mma_attr<DS4_TYPE_Q8_0>();
-        mma_attr<DS4_TYPE_IQ2_XXS>();
-        mma_attr<DS4_TYPE_Q2_K>();
-        mma_attr<DS4_TYPE_Q4_K>();
-        mma_attr<DS4_TYPE_F16>();
-        mma_attr<DS4_TYPE_BF16>();
         const char *e = getenv("DS4_CUDA_MMA_MOE_BN"); /* 32 / 64: the expert tile, for measurements */
         if (e && *e && !g_mma_moe_bn) g_mma_moe_bn = (uint32_t)atoi(e);
         e = getenv("DS4_CUDA_MMA_TILE");
@@ -909,8 +610,6 @@ static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint
             snprintf(name, sizeof name, "%ux%u", g_mma_tile_bm[t], g_mma_tile_bn[t]);
             if (!strcmp(e, name)) g_mma_tile = t;
         }
-        e = getenv("DS4_CUDA_MMA_OLD");
-        g_mma_v1 = e && *e && atoi(e) != 0;
         int dev = 0, sms = 0;
         if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
             sms > 0)
@@ -920,18 +619,6 @@ static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint
     /* experts with few pairs each (T <= 4 x experts: ~24 pairs at top-6):
      * 32-token tiles; dense products and fuller experts: 64 */
     const bool bn32 = A.list && (g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert);
-    if (g_mma_v1) {
-        switch (A.w.type) {
-        case DS4_TYPE_Q8_0: mma_go_v1<DS4_TYPE_Q8_0>(st, A, n_rows, T, n_expert, bn32); break;
-        case DS4_TYPE_IQ2_XXS: mma_go_v1<DS4_TYPE_IQ2_XXS>(st, A, n_rows, T, n_expert, bn32); break;
-        case DS4_TYPE_Q2_K: mma_go_v1<DS4_TYPE_Q2_K>(st, A, n_rows, T, n_expert, bn32); break;
-        case DS4_TYPE_Q4_K: mma_go_v1<DS4_TYPE_Q4_K>(st, A, n_rows, T, n_expert, bn32); break;
-        case DS4_TYPE_F16: mma_go_v1<DS4_TYPE_F16>(st, A, n_rows, T, n_expert, bn32); break;
-        case DS4_TYPE_BF16: mma_go_v1<DS4_TYPE_BF16>(st, A, n_rows, T, n_expert, bn32); break;
-        default: break;
-        }
-        return;
-    }
     int tile;
     if (g_mma_tile >= 0) tile = g_mma_tile;
     else if (A.list) tile = bn32 ? MMA_256x32 : MMA_256x64; /* experts: n_out x experts rows fill the GPU */
@@ -942,7 +629,8 @@ static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint
         const uint32_t want = 2 * g_mma_sms - g_mma_sms / 8;
         uint32_t nb[MMA_TILES];
         for (int t = 0; t < MMA_TILES; t++)
-            nb[t] = ((n_rows + g_mma_tile_bm[t] - 1) / g_mma_tile_bm[t]) * ((T + g_mma_tile_bn[t] - 1) / g_mma_tile_bn[t]);
+            nb[t] = ((n_rows + g_mma_tile_bm[t] - 1) / g_mma_tile_bm[t]) * ((T + g_mma_tile_bn[t] - 1) / g_mma_tile_bn[t]) *
+                    n_expert;
         tile = nb[MMA_256x64] >= want   ? MMA_256x64
                : nb[MMA_128x64] >= want ? MMA_128x64
                : nb[MMA_128x32] >= want || T <= 32 ? MMA_128x32
@@ -982,6 +670,36 @@ bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int3
 
 bool cu_mma_dense_ok(const mv_job &J, uint32_t T) {
     return T >= cu_mma_min_T() && !J.mat_ids && J.n_pairs <= 1 && !J.exact && mma_ok(J.w, J.x);
+}
+
+/* jobs that are one weight's consecutive row groups against equally spaced
+ * slices of one activation, written to equally spaced outputs */
+bool cu_mma_dense_groups(cudaStream_t st, const mv_job *J, int n, uint32_t T) {
+    if (n < 2) return false;
+    const int64_t dr = (int64_t)J[1].row0 - J[0].row0, dx = (int64_t)J[1].x.off - J[0].x.off, dy = J[1].y - J[0].y;
+    if (dr <= 0 || dx < 0 || dy < 0 || dx % 4 || dx > 0xffffffffLL || dy > 0xffffffffLL) return false;
+    for (int i = 0; i < n; i++) {
+        const mv_job &a = J[i];
+        if (!cu_mma_dense_ok(a, T) || a.w.q != J[0].w.q || a.mat != J[0].mat || a.n_rows != J[0].n_rows ||
+            a.y_stride != J[0].y_stride || a.x.f != J[0].x.f || a.x.stride != J[0].x.stride ||
+            (int64_t)a.row0 != J[0].row0 + i * dr || (int64_t)a.x.off != J[0].x.off + i * dx || a.y != J[0].y + i * dy)
+            return false;
+    }
+    mma_args A;
+    memset(&A, 0, sizeof A);
+    A.w = J[0].w;
+    A.wrow0 = (uint64_t)J[0].mat * J[0].w.n_out + J[0].row0;
+    A.n_rows = J[0].n_rows;
+    A.x = J[0].x;
+    A.y = J[0].y;
+    A.y_stride = J[0].y_stride;
+    A.T = T;
+    A.x_div = 1;
+    A.gz_w = (uint64_t)dr;
+    A.gz_x = (uint32_t)dx;
+    A.gz_y = (uint32_t)dy;
+    mma_launch(st, A, J[0].n_rows, T, (uint32_t)n);
+    return true;
 }
 
 bool cu_mma_dense(cudaStream_t st, const mv_job &J, uint32_t T) {

@@ -181,6 +181,36 @@ static void test_matvec_pairs(void) {
     }
 }
 
+/* the out_a shape: row groups of one weight against column slices of the
+ * attention output, one tensor-core launch (and the exact kernels below
+ * the tensor-core threshold) */
+static void test_matmul_groups(void) {
+    char err[256], name[96];
+    const uint32_t G = 3, R = 70, n = 512, n_mat = 2;
+    static const int Ts[] = {5, 70};
+    void *mem;
+    ds4_weight w = make_weight(DS4_TYPE_Q8_0, n, G * R, n_mat, 1.0f, &mem);
+    ds4_cuda_test_set_mma(16);
+    for (size_t ti = 0; ti < 2; ti++) {
+        const int T = Ts[ti];
+        float *x = falloc((size_t)T * G * n), *xs = falloc((size_t)T * n), *ref = falloc((size_t)T * G * R);
+        float *part = falloc((size_t)T * R), *got = falloc((size_t)T * G * R);
+        fill(x, (size_t)T * G * n, 2.0f);
+        for (uint32_t g = 0; g < G; g++) {
+            for (int t = 0; t < T; t++) memcpy(xs + (size_t)t * n, x + ((size_t)t * G + g) * n, n * 4);
+            ds4_matmul_rows(pool, &w, 1, g * R, R, xs, T, part);
+            for (int t = 0; t < T; t++) memcpy(ref + ((size_t)t * G + g) * R, part + (size_t)t * R, R * 4);
+        }
+        const bool ok = ds4_cuda_test_matmul_groups(&w, 1, G, R, x, T, got, err, sizeof err);
+        snprintf(name, sizeof name, "out_a-like groups Q8_0 [%u x %u] x %u, T=%d", n, R, G, T);
+        if (ok) compare(name, got, ref, (size_t)T * G * R, T >= 16 ? 1e-2 : 2e-5, 0, 0);
+        else report(name, INFINITY, 0, 0, 0, err);
+        free(x); free(xs); free(ref); free(part); free(got);
+    }
+    ds4_cuda_test_set_mma(0);
+    free(mem);
+}
+
 static void test_moe_mm(void) {
     static const ds4_dtype types[] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_Q8_0};
     char err[256], name[96];
@@ -834,6 +864,7 @@ int main(void) {
     test_matmul();
     test_moe_mm();
     test_mma();
+    test_matmul_groups();
     test_matvec_pairs();
     test_hc();
     test_head_hc();
