@@ -996,9 +996,15 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_matvec(sm, &d, 1, 1);
     } else {
         cu_moe_sort(sm, cs->ids, T * K, X, cs->cnt, cs->off, cs->list);
-        cu_moe_mm(sm, L->gate_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->g, FF, T);
-        cu_moe_mm(sm, L->up_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->u, FF, T);
-        cu_swiglu(sm, cs->g, cs->u, cs->wts, T * K, FF, clamp, cs->h);
+        /* gate, up and SwiGLU in one tensor-core launch when it applies */
+        if (cu_mma_moe_swiglu(sm, L->gate_exps, L->up_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->wts,
+                              clamp, cs->h.f, FF, T)) {
+            if (!cu_mma_moe_ok(L->down_exps, av_of(cs->h), T)) cu_quantize(sm, cs->h.f, FF, T * K, cs->h);
+        } else {
+            cu_moe_mm(sm, L->gate_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->g, FF, T);
+            cu_moe_mm(sm, L->up_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->u, FF, T);
+            cu_swiglu(sm, cs->g, cs->u, cs->wts, T * K, FF, clamp, cs->h);
+        }
         cu_moe_mm(sm, L->down_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->h), 1, cs->ye, E, T);
     }
     kcheck(F, "experts down");

@@ -334,6 +334,14 @@ bool cu_mma_dense(cudaStream_t st, const mv_job &J, uint32_t T);
 /* whether cu_mma_dense would run J (then only x's floats are read: the
  * caller may skip forming the quantized activations) */
 bool cu_mma_dense_ok(const mv_job &J, uint32_t T);
+/* whether cu_mma_moe would run w over x (then only x's floats are read) */
+bool cu_mma_moe_ok(const dweight &w, act_view x, uint32_t T);
+/* routed gate and up products with the SwiGLU (clamp, pair weight) in one
+ * tensor-core launch: h[p][r] for the pairs sorted by expert; false (nothing
+ * run) when it does not apply (DS4_CUDA_MMA_PAIR=0, types, shapes) */
+bool cu_mma_moe_swiglu(cudaStream_t st, const dweight &gate, const dweight &up, uint32_t n_expert, const int32_t *cnt,
+                       const int32_t *off, const int32_t *list, act_view x, uint32_t x_div, const float *pair_w,
+                       float clamp, float *h, uint32_t h_stride, uint32_t T);
 /* n jobs that are consecutive row groups of one weight against equally
  * spaced slices of one activation (the out_a groups) as one launch; false
  * (nothing run) otherwise */

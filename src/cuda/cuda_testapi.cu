@@ -201,6 +201,36 @@ extern "C" bool ds4_cuda_test_moe_mm(const ds4_weight *w, const int32_t *ids, ui
     return S.ok;
 }
 
+/* routed gate + up + SwiGLU in one tensor-core launch (cu_mma_moe_swiglu):
+ * h[p] = silu(min(gate[ids[p]] x, c)) clamp(up[ids[p]] x, c) wts[p], the
+ * activation row of pair p being p / x_div */
+extern "C" bool ds4_cuda_test_moe_swiglu(const ds4_weight *gate, const ds4_weight *up, const int32_t *ids,
+                                         uint32_t n_pairs, const float *x, uint32_t x_div, const float *wts, float clamp,
+                                         float *h, float *h_sep, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dg, du;
+    if (!S.weight(gate, &dg) || !S.weight(up, &du)) return false;
+    const uint32_t n_x = (n_pairs + x_div - 1) / x_div, F = (uint32_t)gate->n_out;
+    dact a = S.act(n_x, (uint32_t)gate->n_in, x);
+    int32_t *did = S.dev<int32_t>(n_pairs, ids);
+    int32_t *cnt = S.dev<int32_t>(gate->n_mat), *off = S.dev<int32_t>(gate->n_mat), *list = S.dev<int32_t>(n_pairs);
+    float *dw = S.dev<float>(n_pairs, wts), *dh = S.dev<float>((size_t)n_pairs * F);
+    float *dg_ = S.dev<float>((size_t)n_pairs * F), *du_ = S.dev<float>((size_t)n_pairs * F);
+    dact hs = S.act(n_pairs, F, nullptr);
+    if (!S.ok) return false;
+    cu_moe_sort(S.st, did, n_pairs, (uint32_t)gate->n_mat, cnt, off, list);
+    if (!cu_mma_moe_swiglu(S.st, dg, du, (uint32_t)gate->n_mat, cnt, off, list, av_of(a), x_div, dw, clamp, dh, F,
+                           n_pairs))
+        return S.fail("the fused gate/up/SwiGLU product does not apply"), false;
+    /* the separate launches: gate, up (tensor cores), swiglu_kernel */
+    cu_moe_mm(S.st, dg, (uint32_t)gate->n_mat, cnt, off, list, av_of(a), x_div, dg_, F, n_pairs);
+    cu_moe_mm(S.st, du, (uint32_t)gate->n_mat, cnt, off, list, av_of(a), x_div, du_, F, n_pairs);
+    cu_swiglu(S.st, dg_, du_, dw, n_pairs, F, clamp, hs);
+    S.get(h, dh, (size_t)n_pairs * F);
+    S.get(h_sep, hs.f, (size_t)n_pairs * F);
+    return S.ok;
+}
+
 extern "C" bool ds4_cuda_test_quantize(ds4_dtype type, const float *x, int rows, int n, void *out, char *err,
                                        size_t errlen) {
     scope S(err, errlen);

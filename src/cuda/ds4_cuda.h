@@ -125,6 +125,11 @@ void ds4_cuda_test_set_exact_jobs(bool on);
  * out_a groups: one tensor-core launch at prefill) */
 bool ds4_cuda_test_matmul_groups(const ds4_weight *w, uint64_t mat, uint32_t G, uint32_t R, const float *x, int T,
                                  float *y, char *err, size_t errlen);
+/* routed gate + up + SwiGLU (clamp c, weight wts[p]) in one tensor-core
+ * launch -> h, and as separate gate, up and SwiGLU launches -> h_sep */
+bool ds4_cuda_test_moe_swiglu(const ds4_weight *gate, const ds4_weight *up, const int32_t *ids, uint32_t n_pairs,
+                              const float *x, uint32_t x_div, const float *wts, float clamp, float *h, float *h_sep,
+                              char *err, size_t errlen);
 bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
                                 bool x_shared, float *y, float *y2, char *err, size_t errlen);
 bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T, uint32_t C,

@@ -89,6 +89,12 @@ typedef struct {
      * z gz_y (the attention output's 8 out_a groups in one launch) */
     uint64_t gz_w;
     uint32_t gz_x, gz_y;
+    /* routed gate + up with the SwiGLU in the epilogue (mma_kernel PAIR):
+     * w is the gate, w2 the up matrices; y[p][r] = silu(min(g, clamp)) x
+     * clamp(u, +-clamp) x pair_w[p] */
+    dweight w2;
+    const float *pair_w;
+    float clamp;
 } mma_args;
 
 /* Four bytes (unsigned) -> floats without int->float conversions (a quarter
@@ -390,8 +396,14 @@ template <int BM, int BN> struct mma_cfg {
     static constexpr int NV3 = 3 * NJ / 4 % 2 ? NJ : 3 * NJ / 4;
 };
 
-template <int TYPE, int BM, int BN>
+/* PAIR (routed experts, BM 256): the warp's two 16-row fragments are the
+ * same 16 rows of the gate (A.w) and the up (A.w2) matrix, so a lane holds
+ * g and u of the same (row, token) and the epilogue writes the SwiGLU: one
+ * activation tile serves both products (half the activation traffic of two
+ * launches) and g, u never reach memory. */
+template <int TYPE, int BM, int BN, bool PAIR = false>
 __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma_args A) {
+    static_assert(!PAIR || BM == 256, "PAIR: two 16-row fragments a warp");
     typedef mma_cfg<BM, BN> C;
     constexpr int MI = C::MI, NJ = C::NJ, P = C::P, XPT = C::XPT, TPR = C::TPR;
     /* F16 (16 raw bytes a row) loads its next weights after the first half
@@ -442,10 +454,14 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
         /* the lane's rows r0 + 8k = 16 i + 8 hh + g of the warp's BM / 8 (k = 2i +
          * hh), as weight rows; rows past n_rows read the last row (their
          * outputs are not stored) */
-        const uint32_t r0 = brow * BM + warp * (BM / 8) + g;
+        /* PAIR: rows r0, r0 + 8 of the gate (k 0, 1) and of the up (k 2, 3) */
+        const uint32_t r0 = PAIR ? brow * (BM / 2) + warp * 16 + g : brow * BM + warp * (BM / 8) + g;
         uint32_t rowk[2 * MI];
 #pragma unroll
-        for (int k = 0; k < 2 * MI; k++) rowk[k] = (uint32_t)wrow0 + (r0 + 8 * k < A.n_rows ? r0 + 8 * k : A.n_rows - 1);
+        for (int k = 0; k < 2 * MI; k++) {
+            const uint32_t rr = r0 + 8 * (PAIR ? k & 1 : k);
+            rowk[k] = (uint32_t)wrow0 + (rr < A.n_rows ? rr : A.n_rows - 1);
+        }
         const uint32_t spr = dw_scales_per_row(A.w.type, A.w.n_in);
         float acc[MI][NJ][4];
 #pragma unroll
@@ -464,8 +480,8 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
             for (int k = 0; k < 2 * MI; k++) {
                 uint32_t r = rowk[k];
                 asm volatile("" : "+r"(r));
-                fr[k].load(A.w.q + (size_t)r * A.w.row_bytes, dw_split(TYPE) ? A.w.d + (size_t)r * spr : A.w.d, s >> 3,
-                           s & 7, t4);
+                const dweight &W = PAIR && k >= 2 ? A.w2 : A.w;
+                fr[k].load(W.q + (size_t)r * W.row_bytes, dw_split(TYPE) ? W.d + (size_t)r * spr : W.d, s >> 3, s & 7, t4);
             }
         };
         auto load_x = [&](uint32_t s) {
@@ -482,7 +498,8 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
             for (int k = 0; k < 2 * MI; k++) {
                 uint32_t r = rowk[k];
                 asm volatile("" : "+r"(r));
-                fr[k].deq(pw[k], s_grid, s_signs, t4, A.w.q + (size_t)r * A.w.row_bytes, s >> 3, s & 7);
+                const dweight &W = PAIR && k >= 2 ? A.w2 : A.w;
+                fr[k].deq(pw[k], s_grid, s_signs, t4, W.q + (size_t)r * W.row_bytes, s >> 3, s & 7);
             }
         };
         /* the thread's own float pieces of slice s (complete after its
@@ -551,18 +568,39 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
         cp_async_wait_all(); /* (empty groups) */
 
         /* c0, c1: row g, tokens 2 t4, +1; c2, c3: row g + 8 */
+        if (PAIR) { /* swiglu_kernel's arithmetic on (g, u) = (acc[0], acc[1]) */
+            const float c = A.clamp;
 #pragma unroll
-        for (int j = 0; j < NJ; j++) {
+            for (int j = 0; j < NJ; j++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int t = 8 * j + 2 * t4 + e;
-                if (t >= n) continue;
-                float *yt = A.y + blockIdx.z * A.gz_y + (size_t)s_yrow[t] * A.y_stride;
+                for (int e = 0; e < 2; e++) {
+                    const int t = 8 * j + 2 * t4 + e;
+                    if (t >= n) continue;
+                    const uint32_t p = s_yrow[t];
+                    const float wp = A.pair_w ? A.pair_w[p] : 1.0f;
+                    float *yt = A.y + (size_t)p * A.y_stride;
 #pragma unroll
-                for (int i = 0; i < MI; i++) { /* streaming stores: y should not evict the operands from L2 */
-                    const uint32_t ra = r0 + 16 * i, rb = ra + 8;
-                    if (ra < A.n_rows) __stcs(yt + ra, acc[i][j][e]);
-                    if (rb < A.n_rows) __stcs(yt + rb, acc[i][j][2 + e]);
+                    for (int hh = 0; hh < 2; hh++) {
+                        const uint32_t r = r0 + 8 * hh;
+                        if (r >= A.n_rows) continue;
+                        const float gv = fminf(acc[0][j][2 * hh + e], c), uv = fminf(fmaxf(acc[1][j][2 * hh + e], -c), c);
+                        __stcs(yt + r, gv / (1.0f + expf(-gv)) * uv * wp);
+                    }
+                }
+        } else {
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int t = 8 * j + 2 * t4 + e;
+                    if (t >= n) continue;
+                    float *yt = A.y + blockIdx.z * A.gz_y + (size_t)s_yrow[t] * A.y_stride;
+#pragma unroll
+                    for (int i = 0; i < MI; i++) { /* streaming stores: y should not evict the operands from L2 */
+                        const uint32_t ra = r0 + 16 * i, rb = ra + 8;
+                        if (ra < A.n_rows) __stcs(yt + ra, acc[i][j][e]);
+                        if (rb < A.n_rows) __stcs(yt + rb, acc[i][j][2 + e]);
+                    }
                 }
             }
         }
@@ -599,7 +637,7 @@ static void mma_go(cudaStream_t st, const mma_args &A, int tile, uint32_t n_rows
     }
 }
 
-static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert) {
+static void mma_init(void) {
     static bool init = false;
     if (!init) {
         const char *e = getenv("DS4_CUDA_MMA_MOE_BN"); /* 32 / 64: the expert tile, for measurements */
@@ -616,6 +654,10 @@ static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint
             g_mma_sms = (uint32_t)sms;
         init = true;
     }
+}
+
+static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint32_t T, uint32_t n_expert) {
+    mma_init();
     /* experts with few pairs each (T <= 4 x experts: ~24 pairs at top-6):
      * 32-token tiles; dense products and fuller experts: 64 */
     const bool bn32 = A.list && (g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert);
@@ -665,6 +707,54 @@ bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int3
     A.list = list;
     A.x_div = x_div;
     mma_launch(st, A, w.n_out, T, n_expert);
+    return true;
+}
+
+bool cu_mma_moe_ok(const dweight &w, act_view x, uint32_t T) { return T >= cu_mma_min_T() && mma_ok(w, x); }
+
+template <int TYPE>
+static void mma_go_pair(cudaStream_t st, const mma_args &A, bool bn32, uint32_t T, uint32_t n_expert) {
+    const uint32_t rb = (A.n_rows + 127) / 128, bn = bn32 ? 32 : 64, gy = ((T + bn - 1) / bn + 3) / 4;
+    if (bn32) mma_kernel<TYPE, 256, 32, true><<<dim3(rb, gy, n_expert), 256, 0, st>>>(A);
+    else mma_kernel<TYPE, 256, 64, true><<<dim3(rb, gy, n_expert), 256, 0, st>>>(A);
+}
+
+bool cu_mma_moe_swiglu(cudaStream_t st, const dweight &gate, const dweight &up, uint32_t n_expert, const int32_t *cnt,
+                       const int32_t *off, const int32_t *list, act_view x, uint32_t x_div, const float *pair_w,
+                       float clamp, float *h, uint32_t h_stride, uint32_t T) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DS4_CUDA_MMA_PAIR");
+        on = !(e && *e == '0');
+    }
+    const int ty = gate.type;
+    if (!on || !cu_mma_moe_ok(gate, x, T) || !mma_ok(up, x) || up.type != ty || up.n_in != gate.n_in ||
+        up.n_out != gate.n_out || up.row_bytes != gate.row_bytes ||
+        !(ty == DS4_TYPE_Q8_0 || ty == DS4_TYPE_IQ2_XXS || ty == DS4_TYPE_Q2_K || ty == DS4_TYPE_Q4_K))
+        return false;
+    mma_init();
+    mma_args A;
+    memset(&A, 0, sizeof A);
+    A.w = gate;
+    A.w2 = up;
+    A.n_rows = gate.n_out;
+    A.x = x;
+    A.y = h;
+    A.y_stride = h_stride;
+    A.T = T;
+    A.cnt = cnt;
+    A.off = off;
+    A.list = list;
+    A.x_div = x_div;
+    A.pair_w = pair_w;
+    A.clamp = clamp;
+    const bool bn32 = g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert;
+    switch (ty) {
+    case DS4_TYPE_Q8_0: mma_go_pair<DS4_TYPE_Q8_0>(st, A, bn32, T, n_expert); break;
+    case DS4_TYPE_IQ2_XXS: mma_go_pair<DS4_TYPE_IQ2_XXS>(st, A, bn32, T, n_expert); break;
+    case DS4_TYPE_Q2_K: mma_go_pair<DS4_TYPE_Q2_K>(st, A, bn32, T, n_expert); break;
+    default: mma_go_pair<DS4_TYPE_Q4_K>(st, A, bn32, T, n_expert); break;
+    }
     return true;
 }
 
