@@ -441,6 +441,31 @@ typedef struct {
     const uint32_t *sel, *n_sel; /* NULL unless the indexer ran */
     const float *inv_freq;       /* inverse RoPE of the outputs */
 } attn_params;
+/* The key/value rows token t (position p) attends, in order: the raw window
+ * [lo, p] (n_raw rows of the ring), then n_comp compressed rows (the
+ * indexer's selection `list` when it chose, else rows 0 .. n_comp-1). */
+typedef struct {
+    int64_t lo;
+    uint32_t n_raw, n_comp;
+    const uint32_t *list;
+} attn_rows;
+static __device__ __forceinline__ attn_rows attn_rows_of(const attn_params &ap, int64_t p, uint32_t t) {
+    attn_rows R;
+    R.lo = p - (int64_t)ap.n_swa + 1 > 0 ? p - (int64_t)ap.n_swa + 1 : 0;
+    R.n_raw = (uint32_t)(p - R.lo + 1);
+    R.n_comp = ap.ratio ? (uint32_t)((p + 1) / ap.ratio) : 0;
+    R.list = NULL;
+    if (ap.ratio && ap.sel && ap.n_sel[t] != 0xffffffffu) {
+        R.list = ap.sel + (size_t)t * ap.top_k;
+        R.n_comp = ap.n_sel[t];
+    }
+    return R;
+}
+/* row r (< n_raw + n_comp) of that sequence, D floats */
+static __device__ __forceinline__ const float *attn_row(const attn_params &ap, const attn_rows &R, uint32_t r) {
+    return r < R.n_raw ? ap.raw + (size_t)((R.lo + r) % ap.raw_cap) * ap.D
+                       : ap.comp + (size_t)(R.list ? R.list[r - R.n_raw] : r - R.n_raw) * ap.D;
+}
 /* o[t][h] = softmax-with-sink attention of q[t][h] over the visible rows,
  * inverse-rotated. part: scratch for split partials. oq (optional): also
  * writes o's quantized forms when head_dim % 256 == 0 (returns without them

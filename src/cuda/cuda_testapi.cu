@@ -418,33 +418,14 @@ extern "C" bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, 
     uint32_t *dsel = sel ? S.dev<uint32_t>((size_t)T * top_k, sel) : nullptr;
     uint32_t *dns = n_sel ? S.dev<uint32_t>(T, n_sel) : nullptr;
     int64_t *dp = S.dev<int64_t>(1, &pos0);
-    const size_t pf = cu_attention_part_floats(T, H, D, splits);
+    const size_t pf = cu_attention_part_floats(T, H, D, splits ? splits : 1);
     float *part = S.dev<float>(pf), *dout = S.dev<float>((size_t)T * H * D);
     if (!S.ok) return false;
     attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df};
-    cu_attention(S.st, ap, dq, T, dp, part, pf, splits, dout, nullptr);
-    S.get(o, dout, (size_t)T * H * D);
-    return S.ok;
-}
-
-/* cu_attention_tc (prefill attention on FP16 tensor cores); false with
- * err when it does not apply to these shapes */
-extern "C" bool ds4_cuda_test_attention_tc(const float *q, uint32_t T, uint32_t H, uint32_t D, uint32_t n_swa,
-                                           uint32_t ratio, uint32_t top_k, uint32_t n_rot, const float *inv_freq,
-                                           const float *sinks, const float *raw, uint32_t raw_cap, const float *comp,
-                                           uint32_t n_comp, const uint32_t *sel, const uint32_t *n_sel, int64_t pos0,
-                                           float *o, char *err, size_t errlen) {
-    scope S(err, errlen);
-    float *dq = S.dev<float>((size_t)T * H * D, q), *df = S.dev<float>(n_rot / 2, inv_freq);
-    float *dsk = S.dev<float>(H, sinks), *draw = S.dev<float>((size_t)raw_cap * D, raw);
-    float *dcomp = S.dev<float>((size_t)(n_comp ? n_comp : 1) * D, comp);
-    uint32_t *dsel = sel ? S.dev<uint32_t>((size_t)T * top_k, sel) : nullptr;
-    uint32_t *dns = n_sel ? S.dev<uint32_t>(T, n_sel) : nullptr;
-    int64_t *dp = S.dev<int64_t>(1, &pos0);
-    float *dout = S.dev<float>((size_t)T * H * D);
-    if (!S.ok) return false;
-    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df};
-    if (!cu_attention_tc(S.st, ap, dq, T, dp, dout)) return S.fail("tensor-core attention does not apply"), false;
+    if (!splits) { /* the tensor-core prefill kernel */
+        if (!cu_attention_tc(S.st, ap, dq, T, dp, dout)) return S.fail("tensor-core attention does not apply"), false;
+    } else
+        cu_attention(S.st, ap, dq, T, dp, part, pf, splits, dout, nullptr);
     S.get(o, dout, (size_t)T * H * D);
     return S.ok;
 }

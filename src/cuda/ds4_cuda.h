@@ -99,7 +99,8 @@ bool ds4_cuda_test_compress(uint32_t ratio, uint32_t dim, uint32_t n_rot, const 
 bool ds4_cuda_test_indexer(const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_keys,
                            uint32_t T, uint32_t I, uint32_t ID, uint32_t K, int64_t pos0, uint32_t *sel,
                            uint32_t *n_sel, char *err, size_t errlen);
-/* attention of q [T][H][D] (sel/n_sel may be NULL); o [T][H][D] */
+/* attention of q [T][H][D] (sel/n_sel may be NULL); o [T][H][D]; splits 0: the
+ * tensor-core prefill kernel (cu_attention_tc) */
 bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, uint32_t D, uint32_t n_swa, uint32_t ratio,
                              uint32_t top_k, uint32_t n_rot, const float *inv_freq, const float *sinks,
                              const float *raw, uint32_t raw_cap, const float *comp, uint32_t n_comp, const uint32_t *sel,
@@ -111,13 +112,6 @@ bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, const float
  * HC head (head true) from those partials; R updated in place */
 /* a decode launch: expert pairs (ids, x per pair or shared) and a dense job
  * on rows [3, n_out) of the last matrix, T = 1 */
-/* prefill attention on FP16 tensor cores (cu_attention_tc), same layout as
- * ds4_cuda_test_attention */
-bool ds4_cuda_test_attention_tc(const float *q, uint32_t T, uint32_t H, uint32_t D, uint32_t n_swa, uint32_t ratio,
-                                uint32_t top_k, uint32_t n_rot, const float *inv_freq, const float *sinks,
-                                const float *raw, uint32_t raw_cap, const float *comp, uint32_t n_comp,
-                                const uint32_t *sel, const uint32_t *n_sel, int64_t pos0, float *o, char *err,
-                                size_t errlen);
 /* ds4_cuda_test_matmul marks its job exact (as the router is: the tiled f32
  * kernel for float weights over many tokens) */
 void ds4_cuda_test_set_exact_jobs(bool on);

@@ -619,16 +619,8 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
     const uint32_t t = blockIdx.x, hg = blockIdx.y, s = blockIdx.z;
     const uint32_t H = ap.H, D = ap.D;
     const uint32_t h0 = hg * ATT_HPB, hpb = min((uint32_t)ATT_HPB, H - h0);
-    const int64_t p = pos0[0] + t;
-    const int64_t lo = p - (int64_t)ap.n_swa + 1 > 0 ? p - (int64_t)ap.n_swa + 1 : 0;
-    const uint32_t n_raw = (uint32_t)(p - lo + 1);
-    uint32_t n_comp = ap.ratio ? (uint32_t)((p + 1) / ap.ratio) : 0;
-    const uint32_t *list = NULL;
-    if (ap.ratio && ap.sel && ap.n_sel[t] != 0xffffffffu) {
-        list = ap.sel + (size_t)t * ap.top_k;
-        n_comp = ap.n_sel[t];
-    }
-    const uint32_t n = n_raw + n_comp, per = (n + S - 1) / S;
+    const attn_rows AR = attn_rows_of(ap, pos0[0] + t, t);
+    const uint32_t n = AR.n_raw + AR.n_comp, per = (n + S - 1) / S;
     const uint32_t r0 = min(n, s * per), r1 = min(n, r0 + per);
     const float scale = 1.0f / sqrtf((float)D);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -646,8 +638,7 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
         #pragma unroll 4
         for (uint32_t i = threadIdx.x; i < nr * (D / 4); i += blockDim.x) {
             const uint32_t rr = i / (D / 4), c4 = i % (D / 4), r = rb + rr;
-            const float *src = r < n_raw ? ap.raw + (size_t)((lo + r) % ap.raw_cap) * D
-                                         : ap.comp + (size_t)(list ? list[r - n_raw] : r - n_raw) * D;
+            const float *src = attn_row(ap, AR, r);
             ((float4 *)(s_k + (size_t)rr * D))[c4] = ((const float4 *)src)[c4];
         }
         __syncthreads();

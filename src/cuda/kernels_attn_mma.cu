@@ -32,6 +32,7 @@
  * exchange 16 KB = 180 KB, one block an SM.
  */
 #include "cuda_internal.cuh"
+#include "row_ops.cuh"
 
 #include <cuda_fp16.h>
 #include <stdlib.h>
@@ -86,15 +87,8 @@ __global__ void __launch_bounds__(256, 1) attn_tc_kernel(attn_params ap, const f
     pdl_wait();
     pdl_trigger();
     const int64_t p = pos0[0] + t;
-    const int64_t lo = p - (int64_t)ap.n_swa + 1 > 0 ? p - (int64_t)ap.n_swa + 1 : 0;
-    const uint32_t n_raw = (uint32_t)(p - lo + 1);
-    uint32_t n_comp = ap.ratio ? (uint32_t)((p + 1) / ap.ratio) : 0;
-    const uint32_t *list = NULL;
-    if (ap.ratio && ap.sel && ap.n_sel[t] != 0xffffffffu) {
-        list = ap.sel + (size_t)t * ap.top_k;
-        n_comp = ap.n_sel[t];
-    }
-    const uint32_t n = n_raw + n_comp, ntile = (n + ATC_NR - 1) / ATC_NR;
+    const attn_rows AR = attn_rows_of(ap, p, t);
+    const uint32_t n = AR.n_raw + AR.n_comp, ntile = (n + ATC_NR - 1) / ATC_NR;
 
     /* key rows r0 .. r0+31 -> f32 staging (16-byte pieces; rows >= n skipped) */
     auto issue = [&](uint32_t r0) {
@@ -102,8 +96,7 @@ __global__ void __launch_bounds__(256, 1) attn_tc_kernel(attn_params ap, const f
         for (int j = 0; j < ATC_NR * ATC_D / 4 / 256; j++) {
             const uint32_t c = tid + 256 * j, rr = c / (ATC_D / 4), c4 = c % (ATC_D / 4), r = r0 + rr;
             if (r >= n) continue;
-            const float *src = r < n_raw ? ap.raw + (size_t)((lo + r) % ap.raw_cap) * ATC_D
-                                         : ap.comp + (size_t)(list ? list[r - n_raw] : r - n_raw) * ATC_D;
+            const float *src = attn_row(ap, AR, r);
             atc_cp16(sKf + rr * ATC_D + 4 * c4, src + 4 * c4);
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
@@ -237,13 +230,9 @@ __global__ void __launch_bounds__(256, 1) attn_tc_kernel(attn_params ap, const f
         const uint32_t d = 256 * dh + 8 * j + 2 * t4;
         float x0 = o[j][0] * i0, x1 = o[j][1] * i0, y0 = o[j][2] * i1, y1 = o[j][3] * i1;
         if (d >= rot0) { /* srow_rope(inverse) on the pair (d, d + 1) */
-            const float theta = __fmul_rn((float)p, ap.inv_freq[(d - rot0) / 2]);
-            const float c = cosf(theta), sn = -sinf(theta);
-            const float a = x0, b = x1, e = y0, f = y1;
-            x0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
-            x1 = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c));
-            y0 = __fsub_rn(__fmul_rn(e, c), __fmul_rn(f, sn));
-            y1 = __fadd_rn(__fmul_rn(e, sn), __fmul_rn(f, c));
+            const float f = ap.inv_freq[(d - rot0) / 2];
+            rope_pair(x0, x1, p, f, true);
+            rope_pair(y0, y1, p, f, true);
         }
         *(float2 *)(oa + d) = make_float2(x0, x1);
         *(float2 *)(ob + d) = make_float2(y0, y1);

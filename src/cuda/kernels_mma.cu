@@ -691,9 +691,9 @@ static void mma_launch(cudaStream_t st, const mma_args &A, uint32_t n_rows, uint
     }
 }
 
-bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,
-                const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride, uint32_t T) {
-    if (T < cu_mma_min_T() || !mma_ok(w, x)) return false;
+/* the arguments of a routed-expert product over the sorted pair list */
+static mma_args moe_args(const dweight &w, const int32_t *cnt, const int32_t *off, const int32_t *list, act_view x,
+                         uint32_t x_div, float *y, uint32_t y_stride, uint32_t T) {
     mma_args A;
     memset(&A, 0, sizeof A);
     A.w = w;
@@ -706,7 +706,13 @@ bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int3
     A.off = off;
     A.list = list;
     A.x_div = x_div;
-    mma_launch(st, A, w.n_out, T, n_expert);
+    return A;
+}
+
+bool cu_mma_moe(cudaStream_t st, const dweight &w, uint32_t n_expert, const int32_t *cnt, const int32_t *off,
+                const int32_t *list, act_view x, uint32_t x_div, float *y, uint32_t y_stride, uint32_t T) {
+    if (T < cu_mma_min_T() || !mma_ok(w, x)) return false;
+    mma_launch(st, moe_args(w, cnt, off, list, x, x_div, y, y_stride, T), w.n_out, T, n_expert);
     return true;
 }
 
@@ -733,19 +739,8 @@ bool cu_mma_moe_swiglu(cudaStream_t st, const dweight &gate, const dweight &up, 
         !(ty == DS4_TYPE_Q8_0 || ty == DS4_TYPE_IQ2_XXS || ty == DS4_TYPE_Q2_K || ty == DS4_TYPE_Q4_K))
         return false;
     mma_init();
-    mma_args A;
-    memset(&A, 0, sizeof A);
-    A.w = gate;
+    mma_args A = moe_args(gate, cnt, off, list, x, x_div, h, h_stride, T);
     A.w2 = up;
-    A.n_rows = gate.n_out;
-    A.x = x;
-    A.y = h;
-    A.y_stride = h_stride;
-    A.T = T;
-    A.cnt = cnt;
-    A.off = off;
-    A.list = list;
-    A.x_div = x_div;
     A.pair_w = pair_w;
     A.clamp = clamp;
     const bool bn32 = g_mma_moe_bn ? g_mma_moe_bn == 32 : T <= 4 * n_expert;

@@ -253,6 +253,22 @@ static __device__ float moe_sum_at(float shared, const float *ye, const int32_t 
     return s;
 }
 
+/* The block's fn tile [M][C][HCP_COLS] (columns e0 .. e0+ncol of each of
+ * the C streams, es bytes an element) -> shared memory by cp.async, one
+ * commit group; weights only, so it may run before pdl_wait. */
+static __device__ __forceinline__ void hc_fn_tile_copy(const dweight &fn, uint32_t C, uint32_t E, uint32_t e0,
+                                                       uint32_t ncol, uint32_t es, unsigned char *s_fn) {
+    const uint32_t cps = HCP_COLS * es / 16, nseg = fn.n_out * C; /* 16-byte chunks a segment */
+    for (uint32_t i = threadIdx.x; i < nseg * cps; i += blockDim.x) {
+        const uint32_t sg = i / cps, k = i % cps, m = sg / C, b = sg % C;
+        if (k * 16 / es >= ncol) continue;
+        const uint8_t *src = fn.q + (size_t)m * fn.row_bytes + ((size_t)b * E + e0) * es + 16 * k;
+        const uint32_t dst = (uint32_t)__cvta_generic_to_shared(s_fn + (size_t)sg * HCP_COLS * es + 16 * k);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
 /* R = post y + comb^T R on HCP_COLS columns e of a token. With fn.q set it
  * also forms the next hyper-connection's mix partials from the new R (what
  * cu_hc_mix would compute, sliced by these column blocks): one launch and one
@@ -268,16 +284,8 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
      * shared memory before pdl_wait, under the previous kernel's tail */
     extern __shared__ __align__(16) unsigned char s_fn[];
     if (fn_es) {
-        const uint32_t e0_ = blockIdx.x * HCP_COLS, ncol_ = E - e0_ < HCP_COLS ? E - e0_ : HCP_COLS;
-        const uint32_t cps = HCP_COLS * fn_es / 16, nseg = fn.n_out * C; /* 16-byte chunks a segment */
-        for (uint32_t i = threadIdx.x; i < nseg * cps; i += HCP_BLOCK) {
-            const uint32_t sg = i / cps, k = i % cps, m = sg / C, b = sg % C;
-            if (k * 16 / fn_es >= ncol_) continue;
-            const uint8_t *src = fn.q + (size_t)m * fn.row_bytes + ((size_t)b * E + e0_) * fn_es + 16 * k;
-            const uint32_t dst = (uint32_t)__cvta_generic_to_shared(s_fn + (size_t)sg * HCP_COLS * fn_es + 16 * k);
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-        }
-        asm volatile("cp.async.commit_group;" ::: "memory");
+        const uint32_t e0_ = blockIdx.x * HCP_COLS;
+        hc_fn_tile_copy(fn, C, E, e0_, E - e0_ < HCP_COLS ? E - e0_ : HCP_COLS, fn_es, s_fn);
     }
     pdl_wait();
     pdl_trigger();
@@ -380,17 +388,7 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
     extern __shared__ __align__(16) unsigned char s_fn[];
     const uint32_t e0 = blockIdx.x * HCP_COLS, ncol = E - e0 < HCP_COLS ? E - e0 : HCP_COLS;
     const uint32_t M = fn.q ? fn.n_out : 0;
-    if (M) { /* [M][CT][HCP_COLS] elements, before pdl_wait */
-        const uint32_t cps = HCP_COLS * ES / 16, nseg = M * CT;
-        for (uint32_t i = threadIdx.x; i < nseg * cps; i += HCP_BLOCK) {
-            const uint32_t sg = i / cps, k = i % cps, m = sg / CT, b = sg % CT;
-            if (k * 16 / ES >= ncol) continue;
-            const uint8_t *src = fn.q + (size_t)m * fn.row_bytes + ((size_t)b * E + e0) * ES + 16 * k;
-            const uint32_t dst = (uint32_t)__cvta_generic_to_shared(s_fn + (size_t)sg * HCP_COLS * ES + 16 * k);
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-        }
-        asm volatile("cp.async.commit_group;" ::: "memory");
-    }
+    if (M) hc_fn_tile_copy(fn, CT, E, e0, ncol, ES, s_fn); /* before pdl_wait */
     pdl_wait();
     pdl_trigger();
     if (M) asm volatile("cp.async.wait_all;" ::: "memory");
@@ -627,16 +625,8 @@ __global__ void head_post_warp_kernel(float *x, uint32_t rows, uint32_t H, uint3
         const uint32_t i = 4 * (lane + 32 * k);
         float e[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            if (i + 2 * h < rot0) continue;
-            const float theta = __fmul_rn((float)p, inv_freq[(i + 2 * h - rot0) / 2]);
-            const float c = cosf(theta);
-            float sn = sinf(theta);
-            if (inverse) sn = -sn;
-            const float a = e[2 * h], b = e[2 * h + 1];
-            e[2 * h] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
-            e[2 * h + 1] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c));
-        }
+        for (int h = 0; h < 2; h++)
+            if (i + 2 * h >= rot0) rope_pair(e[2 * h], e[2 * h + 1], p, inv_freq[(i + 2 * h - rot0) / 2], inverse);
         ((float4 *)xr)[lane + 32 * k] = make_float4(e[0], e[1], e[2], e[3]);
     }
 }

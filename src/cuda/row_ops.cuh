@@ -19,18 +19,21 @@ static __device__ void srow_rmsnorm(float *x, uint32_t n, const float *w, float 
     __syncthreads();
 }
 
+/* RoPE of one pair (a, b) at position pos with frequency f (CPU arithmetic) */
+static __device__ __forceinline__ void rope_pair(float &a, float &b, int64_t pos, float f, bool inverse) {
+    const float theta = __fmul_rn((float)pos, f);
+    const float c = cosf(theta);
+    float s = sinf(theta);
+    if (inverse) s = -s;
+    const float x = a, y = b;
+    a = __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s));
+    b = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
+}
+
 static __device__ void srow_rope(float *x, uint32_t dim, uint32_t n_rot, const float *inv_freq, int64_t pos, bool inverse) {
     float *r = x + dim - n_rot;
     #pragma unroll 4
-    for (uint32_t k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
-        const float theta = __fmul_rn((float)pos, inv_freq[k]);
-        const float c = cosf(theta);
-        float s = sinf(theta);
-        if (inverse) s = -s;
-        const float a = r[2 * k], b = r[2 * k + 1];
-        r[2 * k] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-        r[2 * k + 1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-    }
+    for (uint32_t k = threadIdx.x; k < n_rot / 2; k += blockDim.x) rope_pair(r[2 * k], r[2 * k + 1], pos, inv_freq[k], inverse);
     __syncthreads();
 }
 

@@ -865,10 +865,8 @@ static void test_attention(void) {
                 for (uint32_t i = 0; i < D; i++) o[i] /= den;
                 ds4_rope_tail(o, (int)D, 64, inv, p, true);
             }
-        bool ok = tc ? ds4_cuda_test_attention_tc(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp,
-                                                  sel, sel ? nsel : NULL, pos0, got, err, sizeof err)
-                     : ds4_cuda_test_attention(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp,
-                                               sel, sel ? nsel : NULL, pos0, cases[c].splits, got, err, sizeof err);
+        bool ok = ds4_cuda_test_attention(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp, sel,
+                                          sel ? nsel : NULL, pos0, cases[c].splits, got, err, sizeof err);
         if (tc)
             snprintf(name, sizeof name, "attention (tensor cores) H=%u ratio %u%s, T=%u at %lld", H, ratio,
                      cases[c].sel ? " + top-k" : "", T, (long long)pos0);
