@@ -903,23 +903,24 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (!tc) cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &cs->o);
     kcheck(F, "attention");
     const uint32_t GW = H * D / G;
+    /* out_a group g: rows [g OR, g OR + OR) against o's columns [g GW, g GW + GW) */
+    auto out_a_job = [&](uint32_t g) {
+        mv_job j = job(L->out_a, av_of(cs->o, g * GW), cs->low.f + (size_t)g * OR, G * OR);
+        j.row0 = g * OR;
+        j.n_rows = OR;
+        return j;
+    };
     /* o's quantized forms: the exact attention writes them when D % 256 == 0;
      * after the tensor-core one only if an out_a product reads them */
     bool need_q = D % 256 != 0;
-    for (uint32_t g = 0; tc && g < G && !need_q; g++) {
-        mv_job j = job(L->out_a, av_of(cs->o, g * GW), cs->low.f + (size_t)g * OR, G * OR);
-        need_q = !cu_mma_dense_ok(j, T);
-    }
+    for (uint32_t g = 0; tc && g < G && !need_q; g++) need_q = !cu_mma_dense_ok(out_a_job(g), T);
     if (need_q) {
         cu_quantize(sm, cs->o.f, H * D, T, cs->o);
         kcheck(F, "quantize o");
     }
     nj = 0;
     for (uint32_t g = 0; g < G; g++) {
-        mv_job j = job(L->out_a, av_of(cs->o, g * GW), cs->low.f + (size_t)g * OR, G * OR);
-        j.row0 = g * OR;
-        j.n_rows = OR;
-        jb[nj++] = j;
+        jb[nj++] = out_a_job(g);
         if (nj == 8 || g + 1 == G) {
             cu_matvec(sm, jb, nj, T);
             nj = 0;
@@ -992,7 +993,7 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         d.n_pairs = K;
         d.x_pair = 1;
         d.y_pair = 1;
-        d.ids_early = 1; /* route ran two launches back: the down rows can be prefetched under SwiGLU */
+        d.ids_early = 1; /* route ran three launches back: the down rows can be prefetched under SwiGLU */
         cu_matvec(sm, &d, 1, 1);
     } else {
         cu_moe_sort(sm, cs->ids, T * K, X, cs->cnt, cs->off, cs->list);
