@@ -39,6 +39,8 @@
 #pragma weak ds4_cuda_decode_greedy
 #pragma weak ds4_cuda_fake_fill
 #pragma weak ds4_cuda_profile_breakdown
+#pragma weak ds4_cuda_set_skip
+#pragma weak ds4_cuda_step_names
 
 static double now_s(void) {
     struct timespec t;
@@ -61,11 +63,45 @@ static int32_t argmax(const float *x, uint32_t n) {
     return (int32_t)b;
 }
 
+/* n greedy device steps after a warm-up one (graph capture): ms a token */
+static double timed_decode(ds4_session *s, int32_t *tok, uint32_t gen, char *err, size_t errlen) {
+    if (!ds4_cuda_decode_greedy(s, *tok, 1, tok, err, errlen)) return -1;
+    const uint32_t n = gen > 1 ? gen - 1 : 1;
+    const double t0 = now_s();
+    if (!ds4_cuda_decode_greedy(s, *tok, n, tok, err, errlen)) return -1;
+    return (now_s() - t0) / n * 1e3;
+}
+
+/* --skip-sweep: the decode rate at this frontier with each entry's steps
+ * left out of the graph (entries ';'-separated, an entry a comma list of
+ * step names) against the full graph measured just before it (paired, so
+ * the slow drift of a walk - the context grows - cancels): what each step
+ * really costs inside the graph. Lines "skip,ctx,entry,tok/s,ms,saved_ms". */
+static bool skip_sweep(ds4_session *s, const char *list, uint32_t at, int32_t *tok, uint32_t gen, char *err,
+                       size_t errlen) {
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ';');
+        const size_t len = e ? (size_t)(e - p) : strlen(p);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)len, p);
+        ds4_cuda_set_skip(s, NULL);
+        const double base = timed_decode(s, tok, gen, err, errlen);
+        ds4_cuda_set_skip(s, name);
+        const double ms = timed_decode(s, tok, gen, err, errlen);
+        if (base < 0 || ms < 0) return false;
+        printf("skip,%u,%s,%.2f,%.4f,%.4f\n", at, name, 1e3 / ms, ms, base - ms);
+        fflush(stdout);
+        p = e ? e + 1 : "";
+    }
+    ds4_cuda_set_skip(s, NULL);
+    return true;
+}
+
 static int usage(void) {
     fprintf(stderr,
             "usage: ds4-bench (-m FILE.gguf | --synthetic flash-q2|flash-q4 [--layers N]) [--backend cpu|cuda]\n"
             "                 [--frontiers 2048,8192,...] [--ctx N] [--gen N] [--chunk N] [--kv-fill prefill|random]\n"
-            "                 [--csv FILE] [--profile] [--peak-gbs G] [--threads N]\n");
+            "                 [--csv FILE] [--profile] [--peak-gbs G] [--threads N] [--skip-sweep all|STEP;STEP,STEP;...]\n");
     return 2;
 }
 
@@ -90,7 +126,7 @@ static double peak_from_name(const char *name) {
 }
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *synth = NULL, *backend = NULL, *csv_path = NULL, *fill = "prefill";
+    const char *model = NULL, *synth = NULL, *backend = NULL, *csv_path = NULL, *fill = "prefill", *sweep = NULL;
     char frontiers_s[512] = "2048,8192,32768,131072";
     uint32_t layers = 0, ctx = 0, gen = 64;
     int chunk = 0, threads = 0;
@@ -114,6 +150,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(f, "--kv-fill")) fill = v;
         else if (!strcmp(f, "--csv")) csv_path = v;
         else if (!strcmp(f, "--peak-gbs")) peak_gbs = atof(v);
+        else if (!strcmp(f, "--skip-sweep")) sweep = v;
         else return usage();
     }
     if (!model == !synth) return usage();
@@ -123,7 +160,14 @@ int main(int argc, char **argv) {
     uint32_t fr[64], n_fr = 0;
     for (char *p = strtok(frontiers_s, ","); p && n_fr < 64; p = strtok(NULL, ",")) fr[n_fr++] = (uint32_t)strtoul(p, NULL, 10);
     if (!n_fr) return usage();
-    if (!ctx) ctx = fr[n_fr - 1] + gen + 1;
+    if (sweep && !strcmp(sweep, "all")) sweep = ds4_cuda_step_names ? ds4_cuda_step_names() : NULL;
+    if (sweep && (!ds4_cuda_set_skip || !gen)) {
+        fprintf(stderr, "ds4-bench: --skip-sweep needs the CUDA build and --gen >= 2\n");
+        return 2;
+    }
+    uint32_t sweep_n = 0;
+    for (const char *p = sweep; p && *p; p = strchr(p, ';') ? strchr(p, ';') + 1 : "") sweep_n++;
+    if (!ctx) ctx = fr[n_fr - 1] + gen + 1 + (sweep_n ? 2 * sweep_n * gen + 2 : 0);
     while (n_fr && fr[n_fr - 1] + gen + 1 > ctx) n_fr--;
     if (!n_fr) {
         fprintf(stderr, "ds4-bench: no frontier fits in --ctx %u with --gen %u\n", ctx, gen);
@@ -250,6 +294,7 @@ int main(int argc, char **argv) {
         printf("%s\n", row);
         fflush(stdout);
         if (csv) fprintf(csv, "%s\n", row);
+        if (cuda && sweep && !skip_sweep(s, sweep, fr[f], &tok, gen, err, sizeof err)) { rc = 1; break; }
     }
     if (rc) fprintf(stderr, "ds4-bench: %s\n", err);
     if (csv) fclose(csv);

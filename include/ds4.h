@@ -27,7 +27,8 @@ typedef struct ds4_session ds4_session;
 typedef struct {
     int n_threads;        /* 0: all cores */
     bool exact;           /* turn off the official FP8/FP4/F16 low-precision simulations */
-    int prefill_chunk;    /* tokens per batched prefill step (0: the backend's default: 256 CPU, 4096 CUDA) */
+    int prefill_chunk;    /* tokens per batched prefill step (0: the backend's default: 256 CPU; CUDA 8192
+                             with >= 32 GiB free after the weights, else 4096) */
     bool no_f16_rounding; /* diagnostic: keep FP8/FP4 simulations, skip F16 rounding of cache rows */
     const char *backend;  /* "cpu", "cuda", or NULL/"auto": $DS4_BACKEND, else CUDA when built in and a GPU is present */
 } ds4_model_params;

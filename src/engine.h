@@ -31,6 +31,7 @@ struct ds4_model {
     bool exact;
     bool f16_rounding;      /* F16 rounding of cache rows (on unless exact) */
     int prefill_chunk;
+    bool prefill_chunk_auto; /* the backend's default, which it may size to the device */
     float *rope_main; /* [n_rot/2] inverse frequencies, uncompressed layers */
     float *rope_comp; /* [n_rot/2] compressed layers (compress base + YaRN) */
     const struct ds4_backend *backend; /* where the forward pass runs (backend.h) */

@@ -66,6 +66,7 @@ ds4_model *ds4_model_from_weights(ds4_model_weights *w, const ds4_model_params *
     m->prefill_chunk = params && params->prefill_chunk > 0     ? params->prefill_chunk
                        : backend->default_prefill_chunk > 0 ? backend->default_prefill_chunk
                                                             : 256;
+    m->prefill_chunk_auto = !(params && params->prefill_chunk > 0);
     const ds4_hparams *hp = m->hp;
     m->rope_main = malloc((hp->n_rot / 2) * sizeof(float));
     m->rope_comp = malloc((hp->n_rot / 2) * sizeof(float));

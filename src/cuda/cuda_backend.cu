@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <string>
 #include <vector>
 
 #include "cuda_internal.cuh"
@@ -54,6 +55,7 @@ typedef struct cu_model : cu_alloc {
     cudaStream_t side;  /* independent branches of a layer (KV row, compressors, shared expert) */
     cudaEvent_t fork_ev[2], join_ev[2];
     bool concurrent;    /* DS4_CUDA_STREAMS != 0 */
+    bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
 } cu_model;
 
 static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -272,6 +274,8 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     }
     const char *cc = getenv("DS4_CUDA_STREAMS");
     cm->concurrent = !(cc && !strcmp(cc, "0"));
+    const char *sf = getenv("DS4_CUDA_SIDE_FUSED");
+    cm->side_fused = !(sf && !strcmp(sf, "0"));
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -386,6 +390,12 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
         fprintf(stderr, "ds4: CUDA %s: %.2f GiB of weights on the GPU (%s) in %.1f s\n", prop.name,
                 cm->weight_bytes / 1073741824.0, total > 0 ? "uploaded" : "synthetic",
                 (ts1.tv_sec - ts0.tv_sec) + (ts1.tv_nsec - ts0.tv_nsec) / 1e9);
+        /* the default prefill chunk by what the weights leave free: 8192
+         * tokens with >= 32 GiB (H200 flash-q2, 8k prompt: 4773 tok/s against
+         * 4517 at 4096; ~8.7 GiB of scratch at 32k context), else 4096 */
+        size_t fr = 0, tot = 0;
+        if (m->prefill_chunk_auto && cudaMemGetInfo(&fr, &tot) == cudaSuccess && fr >= ((size_t)32 << 30))
+            m->prefill_chunk = 8192;
     }
     if (!ok) {
         cu_model_free(m);
@@ -721,6 +731,31 @@ static void join_side(fwd *F, int i) {
     cudaStreamWaitEvent(F->cm->st, F->cm->join_ev[i], 0);
 }
 
+/* DS4_CUDA_SKIP=step,step,... (or ds4_cuda_set_skip): decode leaves out
+ * the named steps (the names kcheck reports; "attention" also drops the o
+ * quantization). A measurement aid only - the results are wrong while it is
+ * set: the graph's rate without a step against the rate with it is what
+ * the step really costs inside the graph (per-step events without the
+ * graph carry a launch gap each). ds4-bench --skip-sweep walks them. */
+static std::string g_skip;
+static bool g_skip_env;
+static bool skipped(const char *what, uint32_t T) {
+    if (!g_skip_env) {
+        const char *e = getenv("DS4_CUDA_SKIP");
+        if (e) g_skip = e;
+        g_skip_env = true;
+    }
+    if (T != 1 || g_skip.empty()) return false;
+    const size_t n = strlen(what);
+    for (const char *p = g_skip.c_str();;) {
+        const char *e = strchr(p, ',');
+        const size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, what, n)) return true;
+        if (!e) return false;
+        p = e + 1;
+    }
+}
+
 /* per-step times of the last profiled decode step */
 static std::vector<std::pair<const char *, double>> g_prof;
 
@@ -837,7 +872,8 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     hc_params hcp = {L->hc_attn_scale, L->hc_attn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
     F->mix_S = 0;
-    cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, cs->a);
+    if (!skipped("hc pre (attention)", T))
+        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, cs->a);
     kcheck(F, "hc pre (attention)");
 
     mv_job jb[8];
@@ -853,40 +889,51 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         jb[nj++] = job(L->idx_gate, av_of(cs->a), cs->isc, 2 * ID);
         jb[nj++] = job(L->idx_proj, av_of(cs->a), cs->wi, I);
     }
-    cu_matvec(sm, jb, nj, T);
+    if (!skipped("attention input projections", T)) cu_matvec(sm, jb, nj, T);
     kcheck(F, "attention input projections");
     /* side branch: the KV row and the compressors (they need only a's projections) */
     const cudaStream_t ss = side_of(F);
     fork_side(F, 0);
-    cu_kv_store(ss, cs->kvb, T, D, L->kv_norm, eps, hp->n_rot, rope, cs->pos0, !m->exact, m->f16_rounding, st->raw,
-                F->s->raw_cap);
-    kcheck(F, "kv row store");
-    if (ratio) {
-        comp_params cp = {ratio, D, hp->n_rot, cm->rope_comp, L->comp_norm, false, !m->exact, m->f16_rounding, eps};
-        cu_compress(ss, cp, L->comp_ape, cs->pkv, cs->psc, T, cs->pos0, st->comp_kv, st->comp_sc, cs->pooled, st->comp);
-        kcheck(F, "attention compressor");
-    }
-    if (ratio == 4) {
-        comp_params cp = {4, ID, hp->n_rot, cm->rope_comp, L->idx_norm, true, !m->exact, false, eps};
-        cu_compress(ss, cp, L->idx_ape, cs->ikv, cs->isc, T, cs->pos0, st->idx_kv, st->idx_sc, cs->ipooled, st->idx);
-        kcheck(F, "indexer compressor");
+    const kvrow_params kp = {D, L->kv_norm, eps, hp->n_rot, rope, !m->exact, m->f16_rounding, st->raw, F->s->raw_cap};
+    const comp_job ca = {{ratio, D, hp->n_rot, cm->rope_comp, L->comp_norm, false, !m->exact, m->f16_rounding, eps},
+                         L->comp_ape, cs->pkv, cs->psc, st->comp_kv, st->comp_sc, cs->pooled, st->comp};
+    const comp_job ci = {{4, ID, hp->n_rot, cm->rope_comp, L->idx_norm, true, !m->exact, false, eps},
+                         L->idx_ape, cs->ikv, cs->isc, st->idx_kv, st->idx_sc, cs->ipooled, st->idx};
+    if (T == 1 && cm->side_fused) { /* one launch for the three (DS4_CUDA_SIDE_FUSED=0: separate) */
+        if (!skipped("kv row + compressors", T))
+            cu_side_decode(ss, kp, cs->kvb, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, cs->pos0);
+        kcheck(F, "kv row + compressors");
+    } else {
+        cu_kv_store(ss, kp, cs->kvb, T, cs->pos0);
+        kcheck(F, "kv row store");
+        for (const comp_job *cj : {&ca, &ci}) {
+            if (!ratio || (cj == &ci && ratio != 4)) continue;
+            cu_compress(ss, cj->cp, cj->ape, cj->kv, cj->sc, T, cs->pos0, cj->st_kv, cj->st_sc, cj->pooled, cj->rows);
+            kcheck(F, cj == &ca ? "attention compressor" : "indexer compressor");
+        }
     }
     /* main branch: the queries */
-    cu_rmsnorm(sm, cs->qa.f, cs->qa, L->q_a_norm, T, Q, eps);
+    if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, cs->qa, L->q_a_norm, T, Q, eps);
     kcheck(F, "q_a norm");
     nj = 0;
     jb[nj++] = job(L->q_b, av_of(cs->qa), cs->q, H * D);
     if (ratio == 4) jb[nj++] = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
-    cu_matvec(sm, jb, nj, T);
+    if (!skipped("q_b", T)) cu_matvec(sm, jb, nj, T);
     kcheck(F, "q_b");
-    cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
+    if (T == 1 && ratio == 4) { /* both sets of heads in one launch */
+        const head_job hq = {cs->q, H, D, hp->n_rot, rope, 1, 0, 0};
+        const head_job hi = {cs->qi, I, ID, hp->n_rot, cm->rope_comp, 0, 0, !m->exact};
+        if (!skipped("q heads norm+rope", T)) cu_head_post2(sm, hq, hi, T, cs->pos0, eps);
+    } else if (!skipped("q heads norm+rope", T)) {
+        cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
+    }
     kcheck(F, "q heads norm+rope");
-    if (ratio == 4) {
+    if (ratio == 4 && T > 1) {
         cu_head_post(sm, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
         kcheck(F, "indexer queries");
     }
     join_side(F, 0);
-    if (ratio == 4) {
+    if (ratio == 4 && !skipped("indexer scores + top-k", T)) {
         const float wscale = 1.0f / sqrtf((float)ID * (float)I);
         cu_indexer(sm, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0, cs->scores,
                    cs->sel, cs->n_sel, !m->exact);
@@ -900,7 +947,8 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
      * F16-rounded KV rows of a non-exact model), else the exact kernel */
     const bool tc = T >= cu_mma_min_T() && !m->exact && m->f16_rounding &&
                     cu_attention_tc(sm, ap, cs->q, T, cs->pos0, cs->o.f);
-    if (!tc) cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &cs->o);
+    if (!tc && !skipped("attention", T))
+        cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &cs->o);
     kcheck(F, "attention");
     const uint32_t GW = H * D / G;
     /* out_a group g: rows [g OR, g OR + OR) against o's columns [g GW, g GW + GW) */
@@ -914,7 +962,7 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
      * after the tensor-core one only if an out_a product reads them */
     bool need_q = D % 256 != 0;
     for (uint32_t g = 0; tc && g < G && !need_q; g++) need_q = !cu_mma_dense_ok(out_a_job(g), T);
-    if (need_q) {
+    if (need_q && !skipped("attention", T)) {
         cu_quantize(sm, cs->o.f, H * D, T, cs->o);
         kcheck(F, "quantize o");
     }
@@ -922,19 +970,20 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     for (uint32_t g = 0; g < G; g++) {
         jb[nj++] = out_a_job(g);
         if (nj == 8 || g + 1 == G) {
-            cu_matvec(sm, jb, nj, T);
+            if (!skipped("out_a", T)) cu_matvec(sm, jb, nj, T);
             nj = 0;
         }
     }
     kcheck(F, "out_a");
     jb[0] = job(L->out_b, av_of(cs->low), cs->y, E);
-    if (!cu_mma_dense_ok(jb[0], T)) { /* the tensor-core product reads the floats */
+    if (!cu_mma_dense_ok(jb[0], T) && !skipped("quantize low", T)) { /* the tensor-core product reads the floats */
         cu_quantize(sm, cs->low.f, G * OR, T, cs->low);
         kcheck(F, "quantize low");
     }
-    cu_matvec(sm, jb, 1, T);
+    if (!skipped("out_b", T)) cu_matvec(sm, jb, 1, T);
     kcheck(F, "out_b");
-    F->mix_S = cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart);
+    F->mix_S = skipped("hc post (attention)", T) ? cu_hc_post_splits(E)
+                                                 : cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart);
     kcheck(F, "hc post (attention)");
 }
 
@@ -954,24 +1003,28 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     hc_params hcp = {L->hc_ffn_scale, L->hc_ffn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
     F->mix_S = 0;
-    cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->ffn_norm, eps, cs->pre, cs->post, cs->comb, cs->f);
+    if (!skipped("hc pre (ffn)", T))
+        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->ffn_norm, eps, cs->pre, cs->post, cs->comb, cs->f);
     kcheck(F, "hc pre (ffn)");
     mv_job jb[4];
     jb[0] = job(L->router, av_of(cs->f), cs->rl, X);
     jb[0].exact = 1;
     jb[1] = job(L->gate_sh, av_of(cs->f), cs->sg, FF);
     jb[2] = job(L->up_sh, av_of(cs->f), cs->su, FF);
-    cu_matvec(sm, jb, 3, T);
+    if (!skipped("router + shared gate/up", T)) cu_matvec(sm, jb, 3, T);
     kcheck(F, "router + shared gate/up");
-    /* side branch: the shared expert's SwiGLU and down projection */
     const cudaStream_t ss = side_of(F);
     fork_side(F, 1);
-    cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
+    /* side branch: the shared expert's SwiGLU and down projection */
     mv_job dsh = job(L->down_sh, av_of(cs->sh), cs->ysh, E);
-    cu_matvec(ss, &dsh, 1, T);
+    if (!skipped("shared swiglu + down", T)) {
+        cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
+        cu_matvec(ss, &dsh, 1, T);
+    }
     kcheck(F, "shared swiglu + down");
-    cu_route(sm, cs->rl, T, X, K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
-             hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts);
+    if (!skipped("route", T))
+        cu_route(sm, cs->rl, T, X, K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
+                 hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts);
     kcheck(F, "route");
     if (T == 1) {
         mv_job g = job(L->gate_exps, av_of(cs->f), cs->g, FF);
@@ -984,9 +1037,9 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         u.y = cs->u;
         jb[0] = g;
         jb[1] = u;
-        cu_matvec(sm, jb, 2, 1);
+        if (!skipped("experts gate/up", T)) cu_matvec(sm, jb, 2, 1);
         kcheck(F, "experts gate/up");
-        cu_swiglu(sm, cs->g, cs->u, cs->wts, K, FF, clamp, cs->h);
+        if (!skipped("experts swiglu", T)) cu_swiglu(sm, cs->g, cs->u, cs->wts, K, FF, clamp, cs->h);
         kcheck(F, "experts swiglu");
         mv_job d = job(L->down_exps, av_of(cs->h), cs->ye, E);
         d.mat_ids = cs->ids;
@@ -994,7 +1047,7 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         d.x_pair = 1;
         d.y_pair = 1;
         d.ids_early = 1; /* route ran three launches back: the down rows can be prefetched under SwiGLU */
-        cu_matvec(sm, &d, 1, 1);
+        if (!skipped("experts down", T)) cu_matvec(sm, &d, 1, 1);
     } else {
         cu_moe_sort(sm, cs->ids, T * K, X, cs->cnt, cs->off, cs->list);
         /* gate, up and SwiGLU in one tensor-core launch when it applies */
@@ -1013,7 +1066,9 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     /* the next mix: the next layer's attention, or the output head of a decode step */
     const dweight *next = il + 1 < hp->n_layer ? &cm->L[il + 1].hc_attn_fn : T == 1 ? &cm->out_hc_fn : NULL;
     /* the expert sum (shared + routed rows in the CPU's order) happens inside */
-    F->mix_S = cu_hc_post(sm, cs->R, cs->ysh, cs->post, cs->comb, T, C, E, next, cs->hcpart, cs->ye, cs->ids, K);
+    F->mix_S = skipped("expert sum + hc post (ffn)", T)
+                   ? cu_hc_post_splits(E)
+                   : cu_hc_post(sm, cs->R, cs->ysh, cs->post, cs->comb, T, C, E, next, cs->hcpart, cs->ye, cs->ids, K);
     kcheck(F, "expert sum + hc post (ffn)");
 }
 
@@ -1165,7 +1220,8 @@ static void cu_describe(const ds4_model *m, const ds4_session *s, char *buf, siz
 
 /* default prefill chunk: 4096 tokens (H200 flash-q2 43 layers, 8k prompt:
  * 4498 tok/s against 3960 at 2048 and 2969 at 1024: the routed experts get
- * ~96 tokens each; 4.3 GiB of scratch, see cu_session_init) */
+ * ~96 tokens each; 4.3 GiB of scratch, see cu_session_init); 8192 on cards
+ * with >= 32 GiB free after the weights (cu_model_init) */
 static const ds4_backend cuda_backend = {
     "cuda",          cu_model_init,   cu_model_free,      cu_session_init, cu_session_free, cu_session_reset,
     cu_forward,      cu_state_to_host, cu_state_from_host, cu_describe,      4096,
@@ -1345,6 +1401,22 @@ extern "C" bool ds4_cuda_fake_fill(ds4_session *s, uint32_t n, uint64_t seed, ch
     CU_OK(cudaStreamSynchronize(cm->st), err, errlen, "KV fill");
     for (uint32_t i = s->n_tokens; i < n; i++) s->tokens[i] = 0;
     s->n_tokens = n;
+    return true;
+}
+
+extern "C" const char *ds4_cuda_step_names(void) {
+    return "hc pre (attention);attention input projections;kv row + compressors;"
+           "q_a norm;q_b;q heads norm+rope;indexer scores + top-k;attention;out_a;quantize low;out_b;"
+           "hc post (attention);hc pre (ffn);router + shared gate/up;shared swiglu + down;route;experts gate/up;"
+           "experts swiglu;experts down;expert sum + hc post (ffn)";
+}
+
+extern "C" bool ds4_cuda_set_skip(ds4_session *s, const char *steps) {
+    g_skip_env = true;
+    g_skip = steps ? steps : "";
+    cu_session *cs = CS(s);
+    if (cs->graph_ready) cudaGraphExecDestroy(cs->graph);
+    cs->graph_ready = false;
     return true;
 }
 

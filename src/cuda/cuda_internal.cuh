@@ -365,6 +365,8 @@ typedef struct {
  * [C*E -> M], over 1024-value slices: `part` holds cu_hc_part_floats(). */
 uint32_t cu_hc_mix(cudaStream_t st, const dweight &fn, const float *R, uint32_t T, uint32_t CE, float rms_eps,
                    float *part);
+/* the slice count of the partials cu_hc_post forms with next_fn */
+uint32_t cu_hc_post_splits(uint32_t E);
 size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t C, uint32_t E);
 /* mix from the partials, split into pre/post/comb, x[t] = Σ pre R[t], then
  * out = RMSNorm(x; norm) with its quantized forms */
@@ -385,10 +387,15 @@ void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint
  * queries). inverse rotates by -θ. */
 void cu_head_post(cudaStream_t st, float *x, uint32_t T, uint32_t H, uint32_t D, uint32_t n_rot, const float *inv_freq,
                   const int64_t *pos0, bool norm, float eps, bool inverse, bool hadamard_fp4);
-/* KV rows [T][D]: RMSNorm(kv_norm), RoPE, FP8 (D - n_rot dims), F16 round,
- * stored at ring row (pos0+t) % raw_cap. */
-void cu_kv_store(cudaStream_t st, const float *kv, uint32_t T, uint32_t D, const float *norm, float eps, uint32_t n_rot,
-                 const float *inv_freq, const int64_t *pos0, bool fp8, bool f16, float *raw, uint32_t raw_cap);
+/* cu_head_post's per-head steps for two sets of heads in one launch */
+typedef struct {
+    float *x;
+    uint32_t H, D, n_rot;
+    const float *inv_freq;
+    int norm, inverse, had;
+} head_job;
+void cu_head_post2(cudaStream_t st, const head_job &a, const head_job &b, uint32_t T, const int64_t *pos0, float eps);
+
 /* Router: probabilities, selection (hash table or top-k of prob+bias), weights */
 void cu_route(cudaStream_t st, const float *logits, uint32_t T, uint32_t X, uint32_t K, const int32_t *tokens,
               const int32_t *tid2eid, const float *bias, bool norm, float scale, int32_t *ids, float *wts);
@@ -427,6 +434,31 @@ typedef struct {
  * [T/ratio + 1][dim]. */
 void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
                  uint32_t T, const int64_t *pos0, float *st_kv, float *st_sc, float *pooled, float *rows);
+typedef struct {
+    uint32_t D;
+    const float *norm;
+    float eps;
+    uint32_t n_rot;
+    const float *inv_freq;
+    bool fp8, f16;
+    float *raw;
+    uint32_t raw_cap;
+} kvrow_params;
+/* KV rows [T][D]: RMSNorm(norm), RoPE, FP8 (D - n_rot dims), F16 round,
+ * stored at ring row (pos0+t) % raw_cap. */
+void cu_kv_store(cudaStream_t st, const kvrow_params &kp, const float *kv, uint32_t T, const int64_t *pos0);
+/* one compressor's decode arguments (cu_compress's, for cu_side_decode) */
+typedef struct {
+    comp_params cp;
+    dweight ape;
+    const float *kv, *sc;
+    float *st_kv, *st_sc, *pooled, *rows;
+} comp_job;
+/* Decode (one token): cu_kv_store of the token's row [D] plus cu_compress of
+ * the attention compressor a and the indexer compressor ix (either may be
+ * NULL; ix only with a) in one launch */
+void cu_side_decode(cudaStream_t st, const kvrow_params &kp, const float *kv, const comp_job *a, const comp_job *ix,
+                    const int64_t *pos0);
 /* Indexer scores [T][n_cap] (rows k < visible of each token) and top-k:
  * sel [T][K] ascending, n_sel[t] = K, or UINT32_MAX when every visible row
  * is attended. fp4_inputs: queries and keys are FP4-simulated (exact in

@@ -320,7 +320,8 @@ extern "C" bool ds4_cuda_test_kv_store(const float *kv, uint32_t T, uint32_t D, 
     float *draw = S.dev<float>((size_t)raw_cap * D, raw);
     int64_t *dp = S.dev<int64_t>(1, &pos0);
     if (!S.ok) return false;
-    cu_kv_store(S.st, dkv, T, D, dn, 1e-6f, n_rot, df, dp, fp8, f16, draw, raw_cap);
+    const kvrow_params kp = {D, dn, 1e-6f, n_rot, df, fp8, f16, draw, raw_cap};
+    cu_kv_store(S.st, kp, dkv, T, dp);
     S.get(raw, draw, (size_t)raw_cap * D);
     return S.ok;
 }
@@ -384,6 +385,69 @@ extern "C" bool ds4_cuda_test_compress(uint32_t ratio, uint32_t dim, uint32_t n_
     S.get(st_kv, dskv, sn);
     S.get(st_sc, dssc, sn);
     S.get(rows, drows, (size_t)comp_cap * dim);
+    return S.ok;
+}
+
+/* state of ds4_cuda_test_side_decode: raw ring [raw_cap][D]; attention
+ * compressor kv and score states [c ratio][c D] (c = 2 for ratio 4) and rows
+ * [comp_cap][D]; indexer (ratio 4) states [8][2 ID] and rows [comp_cap][ID] */
+static size_t side_sizes(uint32_t D, uint32_t ID, uint32_t ratio, uint32_t raw_cap, uint32_t comp_cap, size_t sz[7]) {
+    const uint32_t c = ratio == 4 ? 2 : 1;
+    sz[0] = (size_t)raw_cap * D;
+    sz[1] = sz[2] = ratio ? (size_t)c * ratio * c * D : 0;
+    sz[3] = ratio ? (size_t)comp_cap * D : 0;
+    sz[4] = sz[5] = ratio == 4 ? (size_t)8 * 2 * ID : 0;
+    sz[6] = ratio == 4 ? (size_t)comp_cap * ID : 0;
+    size_t n = 0;
+    for (int i = 0; i < 7; i++) n += sz[i];
+    return n;
+}
+
+extern "C" size_t ds4_cuda_test_side_state_floats(uint32_t D, uint32_t ID, uint32_t ratio, uint32_t raw_cap,
+                                                  uint32_t comp_cap) {
+    size_t sz[7];
+    return side_sizes(D, ID, ratio, raw_cap, comp_cap, sz);
+}
+
+extern "C" bool ds4_cuda_test_side_decode(uint32_t D, uint32_t ID, uint32_t ratio, uint32_t n_rot,
+                                          const float *inv_freq, const float *norms, const ds4_weight *ape,
+                                          const ds4_weight *idx_ape, const float *kv, const float *ckv,
+                                          const float *csc, const float *ikv, const float *isc, int64_t pos0,
+                                          uint32_t raw_cap, uint32_t comp_cap, float *state_fused, float *state_sep,
+                                          char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight da, di;
+    memset(&da, 0, sizeof da);
+    memset(&di, 0, sizeof di);
+    if (ratio && !S.weight(ape, &da)) return false;
+    if (ratio == 4 && !S.weight(idx_ape, &di)) return false;
+    const uint32_t W = (ratio == 4 ? 2 : 1) * D;
+    size_t sz[7];
+    const size_t n = side_sizes(D, ID, ratio, raw_cap, comp_cap, sz);
+    float *dkv = S.dev<float>(D, kv), *dckv = S.dev<float>(W, ckv), *dcsc = S.dev<float>(W, csc);
+    float *dikv = S.dev<float>(2 * ID, ikv), *disc = S.dev<float>(2 * ID, isc);
+    float *df = S.dev<float>(n_rot / 2, inv_freq), *dn = S.dev<float>(D * 2 + ID, norms);
+    float *dpool = S.dev<float>(2 * D), *dipool = S.dev<float>(2 * ID);
+    int64_t *dp = S.dev<int64_t>(1, &pos0);
+    float *st[2] = {S.dev<float>(n, state_fused), S.dev<float>(n, state_sep)};
+    if (!S.ok) return false;
+    for (int way = 0; way < 2; way++) {
+        float *p[7];
+        p[0] = st[way];
+        for (int i = 1; i < 7; i++) p[i] = p[i - 1] + sz[i - 1];
+        const kvrow_params kp = {D, dn, 1e-6f, n_rot, df, true, true, p[0], raw_cap};
+        const comp_job ca = {{ratio, D, n_rot, df, dn + D, false, true, true, 1e-6f}, da, dckv, dcsc, p[1], p[2], dpool, p[3]};
+        const comp_job ci = {{4, ID, n_rot, df, dn + 2 * D, true, true, false, 1e-6f}, di, dikv, disc, p[4], p[5], dipool, p[6]};
+        if (way == 0) {
+            cu_side_decode(S.st, kp, dkv, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, dp);
+        } else {
+            cu_kv_store(S.st, kp, dkv, 1, dp);
+            if (ratio) cu_compress(S.st, ca.cp, ca.ape, ca.kv, ca.sc, 1, dp, ca.st_kv, ca.st_sc, ca.pooled, ca.rows);
+            if (ratio == 4) cu_compress(S.st, ci.cp, ci.ape, ci.kv, ci.sc, 1, dp, ci.st_kv, ci.st_sc, ci.pooled, ci.rows);
+        }
+    }
+    S.get(state_fused, st[0], n);
+    S.get(state_sep, st[1], n);
     return S.ok;
 }
 

@@ -47,6 +47,12 @@ bool ds4_cuda_profile_decode(ds4_session *s, int32_t token, float *times_ms, cha
  * step summed over layers, largest first (one line). */
 void ds4_cuda_profile_breakdown(char *buf, size_t buflen);
 
+/* Measurement aid (ds4-bench --skip-sweep): decode graphs leave out the
+ * steps named in the comma list (NULL or "": none; the results are wrong
+ * while set); ds4_cuda_step_names: the decode steps, ';'-separated. */
+bool ds4_cuda_set_skip(ds4_session *s, const char *steps);
+const char *ds4_cuda_step_names(void);
+
 /* Greedy decode of n tokens entirely on the device (argmax there, no logits
  * copy): the decode loop ds4-bench times. out (n ids) may be NULL. */
 bool ds4_cuda_decode_greedy(ds4_session *s, int32_t first, uint32_t n, int32_t *out, char *err, size_t errlen);
@@ -96,6 +102,16 @@ bool ds4_cuda_test_compress(uint32_t ratio, uint32_t dim, uint32_t n_rot, const 
                             bool indexer, bool sim, bool f16, const ds4_weight *ape, const float *kv, const float *sc,
                             uint32_t T, int64_t pos0, float *st_kv, float *st_sc, float *rows, uint32_t comp_cap,
                             char *err, size_t errlen);
+/* the decode side branch (KV row + attention and indexer compressors, ratio
+ * 0 / 4 / other) in one launch and as separate launches from the same
+ * state (layout: ds4_cuda_test_side_state_floats; in/out, one copy each);
+ * norms: kv [D], compressor [D], indexer [ID] */
+size_t ds4_cuda_test_side_state_floats(uint32_t D, uint32_t ID, uint32_t ratio, uint32_t raw_cap, uint32_t comp_cap);
+bool ds4_cuda_test_side_decode(uint32_t D, uint32_t ID, uint32_t ratio, uint32_t n_rot, const float *inv_freq,
+                               const float *norms, const ds4_weight *ape, const ds4_weight *idx_ape, const float *kv,
+                               const float *ckv, const float *csc, const float *ikv, const float *isc, int64_t pos0,
+                               uint32_t raw_cap, uint32_t comp_cap, float *state_fused, float *state_sep, char *err,
+                               size_t errlen);
 bool ds4_cuda_test_indexer(const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_keys,
                            uint32_t T, uint32_t I, uint32_t ID, uint32_t K, int64_t pos0, uint32_t *sel,
                            uint32_t *n_sel, char *err, size_t errlen);

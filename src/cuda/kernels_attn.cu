@@ -32,14 +32,11 @@
 /* ------------------------------------------------------------------------ */
 /* compressor */
 
-__global__ void comp_update_kernel(comp_params cp, dweight ape, const float *kv, const float *sc, uint32_t T,
-                                   const int64_t *pos0, float *st_kv, float *st_sc, float *pooled) {
-    pdl_wait();
-    pdl_trigger();
-    const uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+/* output dim j of the compressor walked through T tokens from p0 (state
+ * columns j and dim + j; closed windows pooled into pooled[e][j]) */
+static __device__ void comp_update_col(const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
+                                       uint32_t T, int64_t p0, float *st_kv, float *st_sc, float *pooled, uint32_t j) {
     const uint32_t ratio = cp.ratio, dim = cp.dim, c = ratio == 4 ? 2 : 1, W = c * dim;
-    if (j >= dim) return;
-    const int64_t p0 = pos0[0];
     for (uint32_t t = 0; t < T; t++) {
         const int64_t p = p0 + t;
         const uint32_t slot = (uint32_t)(p % ratio), row = c == 2 ? ratio + slot : slot;
@@ -80,6 +77,14 @@ __global__ void comp_update_kernel(comp_params cp, dweight ape, const float *kv,
                     st_sc[(size_t)r * W + col] = st_sc[(size_t)(ratio + r) * W + col];
                 }
     }
+}
+
+__global__ void comp_update_kernel(comp_params cp, dweight ape, const float *kv, const float *sc, uint32_t T,
+                                   const int64_t *pos0, float *st_kv, float *st_sc, float *pooled) {
+    pdl_wait();
+    pdl_trigger();
+    const uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < cp.dim) comp_update_col(cp, ape, kv, sc, T, pos0[0], st_kv, st_sc, pooled, j);
 }
 
 /* Prefill (T > 1): every window closing in the chunk is pooled at once, a
@@ -181,18 +186,16 @@ __global__ void comp_state_kernel(comp_params cp, dweight ape, const float *kv, 
         }
 }
 
-__global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0, const float *pooled, float *rows) {
-    pdl_wait();
-    pdl_trigger();
-    extern __shared__ float s_row[];
-    __shared__ double red[32];
-    const int64_t p0 = pos0[0];
+/* the b-th row closed in the chunk from p0: normalised, rotated, quantized
+ * into rows[] (whole block; nothing when fewer closed) */
+static __device__ void comp_emit_row(const comp_params &cp, uint32_t T, int64_t p0, const float *pooled, float *rows,
+                                     uint32_t b, float *s_row, double *red) {
     const uint32_t ratio = cp.ratio, dim = cp.dim;
     const int64_t first = p0 / ratio, n_emit = (p0 + T) / ratio - first;
-    if ((int64_t)blockIdx.x >= n_emit) return;
-    const int64_t ri = first + blockIdx.x;
+    if ((int64_t)b >= n_emit) return;
+    const int64_t ri = first + b;
     #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = pooled[(size_t)blockIdx.x * dim + i];
+    for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = pooled[(size_t)b * dim + i];
     __syncthreads();
     srow_rmsnorm(s_row, dim, cp.norm, cp.eps, red);
     srow_rope(s_row, dim, cp.n_rot, cp.inv_freq, ri * ratio, false);
@@ -202,14 +205,19 @@ __global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0
             srow_fp4(s_row, dim);
         } else {
             srow_fp8(s_row, dim - cp.n_rot);
-            if (cp.f16)
-                #pragma unroll 4
-                for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = round_f16(s_row[i]);
-            __syncthreads();
+            if (cp.f16) srow_f16(s_row, dim);
         }
     }
     #pragma unroll 4
     for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) rows[(size_t)ri * dim + i] = s_row[i];
+}
+
+__global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0, const float *pooled, float *rows) {
+    pdl_wait();
+    pdl_trigger();
+    extern __shared__ float s_row[];
+    __shared__ double red[32];
+    comp_emit_row(cp, T, pos0[0], pooled, rows, blockIdx.x, s_row, red);
 }
 
 void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
@@ -228,6 +236,70 @@ void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, con
         cu_launch(comp_update_kernel, (cp.dim + 127) / 128, 128, 0, st, cp, ape, kv, sc, T, pos0, st_kv, st_sc, pooled);
     }
     cu_launch(comp_emit_kernel, T / cp.ratio + 1, 128, cp.dim * sizeof(float), st, cp, T, pos0, pooled, rows);
+}
+
+/* ------------------------------------------------------------------------ */
+/* KV rows */
+
+/* token t's KV row [D]: RMSNorm, RoPE at p, FP8 / F16 rounding, into ring row p % raw_cap (whole block) */
+static __device__ void kv_row_store(const kvrow_params &kp, const float *kv, uint32_t t, int64_t p, float *s_row,
+                                    double *red) {
+    const uint32_t D = kp.D;
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) s_row[i] = kv[(size_t)t * D + i];
+    __syncthreads();
+    srow_rmsnorm(s_row, D, kp.norm, kp.eps, red);
+    srow_rope(s_row, D, kp.n_rot, kp.inv_freq, p, false);
+    if (kp.fp8) srow_fp8(s_row, D - kp.n_rot);
+    if (kp.f16) srow_f16(s_row, D);
+    float *dst = kp.raw + (size_t)(p % kp.raw_cap) * D;
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) dst[i] = s_row[i];
+}
+
+__global__ void kv_store_kernel(kvrow_params kp, const float *kv, const int64_t *pos0) {
+    pdl_wait();
+    pdl_trigger();
+    extern __shared__ float s_row[];
+    __shared__ double red[32];
+    kv_row_store(kp, kv, blockIdx.x, pos0[0] + blockIdx.x, s_row, red);
+}
+
+void cu_kv_store(cudaStream_t st, const kvrow_params &kp, const float *kv, uint32_t T, const int64_t *pos0) {
+    cu_launch(kv_store_kernel, T, 128, kp.D * sizeof(float), st, kp, kv, pos0);
+}
+
+/* Decode: the side branch of a layer in one launch - block 0 stores the KV
+ * row, block 1 (2) walks the attention (indexer) compressor one token and
+ * emits its row when a window closes: one kernel where the chain of
+ * kv_store / update / emit launches was five, each waiting on the last. */
+__global__ void __launch_bounds__(512) side_decode_kernel(kvrow_params kp, const float *kv, comp_job a, comp_job ix,
+                                                          const int64_t *pos0) {
+    pdl_wait();
+    pdl_trigger();
+    extern __shared__ float s_row[];
+    __shared__ double red[32];
+    const int64_t p0 = pos0[0];
+    if (blockIdx.x == 0) {
+        kv_row_store(kp, kv, 0, p0, s_row, red);
+        return;
+    }
+    const comp_job &J = blockIdx.x == 1 ? a : ix;
+    for (uint32_t j = threadIdx.x; j < J.cp.dim; j += blockDim.x)
+        comp_update_col(J.cp, J.ape, J.kv, J.sc, 1, p0, J.st_kv, J.st_sc, J.pooled, j);
+    __syncthreads(); /* the pooled row (global) is read by other threads below */
+    comp_emit_row(J.cp, 1, p0, J.pooled, J.rows, 0, s_row, red);
+}
+
+void cu_side_decode(cudaStream_t st, const kvrow_params &kp, const float *kv, const comp_job *a, const comp_job *ix,
+                    const int64_t *pos0) {
+    comp_job none;
+    memset(&none, 0, sizeof none);
+    uint32_t smem = kp.D;
+    if (a && a->cp.dim > smem) smem = a->cp.dim;
+    if (ix && ix->cp.dim > smem) smem = ix->cp.dim;
+    const uint32_t blocks = a ? (ix ? 3 : 2) : 1;
+    cu_launch(side_decode_kernel, blocks, 512, smem * sizeof(float), st, kp, kv, a ? *a : none, ix ? *ix : none, pos0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -734,7 +806,7 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     memset(&none, 0, sizeof none);
     dim3 g2(T, ap.H);
     cu_launch(attn_combine_kernel, g2, 256, ap.D * sizeof(float), st, ap, pos0, splits, part_o, part_ml, o,
-                                                               oq && ap.D % 256 == 0 ? *oq : none);
+              oq && ap.D % 256 == 0 ? *oq : none);
 }
 
 bool cu_attn_init(char *err, size_t errlen) {

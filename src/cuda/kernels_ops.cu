@@ -2,7 +2,7 @@
  * hyper-connections (mix, Sinkhorn split, collapse, expand; the expand also
  * adds the routed experts to the FFN output and forms the next mix's
  * partials), RMSNorm, RoPE and the official low-precision simulations on
- * heads and KV rows, the MoE router, SwiGLU, the per-token expert sum, the
+ * heads, the MoE router, SwiGLU, the per-token expert sum, the
  * pair sort for prefill MoE, the output HC head and argmax.
  *
  * Each kernel mirrors a CPU function (ops.c, forward.c, moe.c) and keeps its
@@ -13,15 +13,6 @@
  */
 #include "cuda_internal.cuh"
 #include "row_ops.cuh"
-
-/* ------------------------------------------------------------------------ */
-/* block-cooperative row steps on a shared-memory row (row_ops.cuh) */
-
-static __device__ void srow_f16(float *x, uint32_t n) {
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = round_f16(x[i]);
-    __syncthreads();
-}
 
 /* ------------------------------------------------------------------------ */
 /* hyper-connections */
@@ -562,25 +553,34 @@ void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint
     cu_launch(rmsnorm_kernel, rows, 256, n * sizeof(float), st, x, out, w, n, eps);
 }
 
-__global__ void head_post_kernel(float *x, uint32_t H, uint32_t D, uint32_t n_rot, const float *inv_freq,
-                                 const int64_t *pos0, int norm, float eps, int inverse, int had) {
+/* blocks [0, T a.H): heads of a, then T b.H heads of b (decode: the
+ * queries and the indexer queries in one launch) */
+__global__ void head_post_kernel(head_job a, head_job b, const int64_t *pos0, float eps) {
     pdl_wait();
     pdl_trigger();
     extern __shared__ float s_row[];
     __shared__ double red[32];
-    const uint32_t t = blockIdx.x / H;
-    float *row = x + (size_t)blockIdx.x * D;
+    const uint32_t T = gridDim.x / (a.H + b.H);
+    const bool first = blockIdx.x < T * a.H;
+    const head_job &J = first ? a : b;
+    const uint32_t blk = first ? blockIdx.x : blockIdx.x - T * a.H, t = blk / J.H, D = J.D;
+    float *row = J.x + (size_t)blk * D;
     #pragma unroll 4
     for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) s_row[i] = row[i];
     __syncthreads();
-    if (norm) srow_rmsnorm(s_row, D, NULL, eps, red);
-    srow_rope(s_row, D, n_rot, inv_freq, pos0[0] + t, inverse);
-    if (had) {
+    if (J.norm) srow_rmsnorm(s_row, D, NULL, eps, red);
+    srow_rope(s_row, D, J.n_rot, J.inv_freq, pos0[0] + t, J.inverse);
+    if (J.had) {
         srow_hadamard(s_row, D);
         srow_fp4(s_row, D);
     }
     #pragma unroll 4
     for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) row[i] = s_row[i];
+}
+
+void cu_head_post2(cudaStream_t st, const head_job &a, const head_job &b, uint32_t T, const int64_t *pos0, float eps) {
+    const uint32_t D = a.D > b.D ? a.D : b.D;
+    cu_launch(head_post_kernel, T * (a.H + b.H), 128, D * sizeof(float), st, a, b, pos0, eps);
 }
 
 /* head_post_kernel for chunks without the Hadamard step: a warp per head
@@ -639,38 +639,13 @@ void cu_head_post(cudaStream_t st, float *x, uint32_t T, uint32_t H, uint32_t D,
                   eps, (int)inverse);
         return;
     }
-    cu_launch(head_post_kernel, T * H, 128, D * sizeof(float), st, x, H, D, n_rot, inv_freq, pos0, norm, eps, inverse,
-                                                            hadamard_fp4);
-}
-
-__global__ void kv_store_kernel(const float *kv, uint32_t D, const float *norm, float eps, uint32_t n_rot,
-                                const float *inv_freq, const int64_t *pos0, int fp8, int f16, float *raw,
-                                uint32_t raw_cap) {
-    pdl_wait();
-    pdl_trigger();
-    extern __shared__ float s_row[];
-    __shared__ double red[32];
-    const uint32_t t = blockIdx.x;
-    const int64_t p = pos0[0] + t;
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) s_row[i] = kv[(size_t)t * D + i];
-    __syncthreads();
-    srow_rmsnorm(s_row, D, norm, eps, red);
-    srow_rope(s_row, D, n_rot, inv_freq, p, false);
-    if (fp8) srow_fp8(s_row, D - n_rot);
-    if (f16) srow_f16(s_row, D);
-    float *dst = raw + (size_t)(p % raw_cap) * D;
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) dst[i] = s_row[i];
-}
-
-void cu_kv_store(cudaStream_t st, const float *kv, uint32_t T, uint32_t D, const float *norm, float eps, uint32_t n_rot,
-                 const float *inv_freq, const int64_t *pos0, bool fp8, bool f16, float *raw, uint32_t raw_cap) {
-    cu_launch(kv_store_kernel, T, 128, D * sizeof(float), st, kv, D, norm, eps, n_rot, inv_freq, pos0, fp8, f16, raw, raw_cap);
+    const head_job a = {x, H, D, n_rot, inv_freq, norm, inverse, hadamard_fp4}, none = {NULL, 0, 0, 0, NULL, 0, 0, 0};
+    cu_head_post2(st, a, none, T, pos0, eps);
 }
 
 /* ------------------------------------------------------------------------ */
 /* MoE */
+
 
 static __device__ __forceinline__ float softplusf_(float x) {
     return x > 20.0f ? x : (x < -20.0f ? expf(x) : log1pf(expf(x)));

@@ -98,6 +98,13 @@ static __device__ void srow_fp4(float *x, uint32_t n) {
     __syncthreads();
 }
 
+/* round to F16 precision (the F16 KV cache of the reference) */
+static __device__ void srow_f16(float *x, uint32_t n) {
+    #pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = round_f16(x[i]);
+    __syncthreads();
+}
+
 static __device__ void srow_hadamard(float *x, uint32_t n) {
     for (uint32_t h = 1; h < n; h <<= 1) {
         #pragma unroll 4

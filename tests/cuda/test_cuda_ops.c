@@ -112,7 +112,7 @@ static void test_matmul(void) {
         uint32_t n_in;
     } cases[] = {{DS4_TYPE_F32, 96},   {DS4_TYPE_F16, 104},    {DS4_TYPE_BF16, 72},     {DS4_TYPE_Q8_0, 96},
                  {DS4_TYPE_Q8_0, 4096}, {DS4_TYPE_Q2_K, 512},  {DS4_TYPE_Q4_K, 768},    {DS4_TYPE_IQ2_XXS, 512},
-                 {DS4_TYPE_IQ2_XXS, 2048}, {DS4_TYPE_F16, 4096}};
+                 {DS4_TYPE_IQ2_XXS, 2048}, {DS4_TYPE_F16, 4096}, {DS4_TYPE_Q8_0, 2048}};
     /* 70 (an exact job, as the router): the tiled f32 kernel for float weights with k % 32 == 0 */
     static const int Ts[] = {1, 3, 8, 13, 70};
     char err[256], name[96];
@@ -738,6 +738,45 @@ static void test_compressor(void) {
         }
 }
 
+/* decode: the KV row and both compressors in one launch give the separate
+ * launches' results bit for bit (with and without a closing window) */
+static void test_side_decode(void) {
+    char err[256], name[128];
+    float inv[32];
+    ds4_rope_inv_freq(inv, 64, 160000, 16, 65536, 32, 1);
+    static const struct {
+        uint32_t ratio;
+        int64_t pos0;
+    } cases[] = {{0, 9}, {4, 6}, {4, 7}, {128, 126}, {128, 255}};
+    const uint32_t D = 512, ID = 128, raw_cap = 16, comp_cap = 8;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const uint32_t ratio = cases[c].ratio, W = (ratio == 4 ? 2 : 1) * D;
+        void *m1, *m2;
+        ds4_weight ape = make_weight(DS4_TYPE_F16, W, ratio ? ratio : 1, 1, 1.0f, &m1);
+        ds4_weight iape = make_weight(DS4_TYPE_F16, 2 * ID, 4, 1, 1.0f, &m2);
+        float *norms = falloc(2 * D + ID), *kv = falloc(D), *ckv = falloc(W), *csc = falloc(W);
+        float *ikv = falloc(2 * ID), *isc = falloc(2 * ID);
+        for (uint32_t i = 0; i < 2 * D + ID; i++) norms[i] = 1 + 0.15f * frand();
+        fill(kv, D, 2.0f);
+        fill(ckv, W, 2.0f);
+        fill(csc, W, 2.0f);
+        fill(ikv, 2 * ID, 2.0f);
+        fill(isc, 2 * ID, 2.0f);
+        const size_t n = ds4_cuda_test_side_state_floats(D, ID, ratio, raw_cap, comp_cap);
+        float *fused = falloc(n), *sep = falloc(n);
+        fill(fused, n, 1.0f);
+        memcpy(sep, fused, n * 4);
+        bool ok = ds4_cuda_test_side_decode(D, ID, ratio, 64, inv, norms, &ape, &iape, kv, ckv, csc, ikv, isc,
+                                            cases[c].pos0, raw_cap, comp_cap, fused, sep, err, sizeof err);
+        snprintf(name, sizeof name, "decode side branch in one launch, ratio %u at %lld", ratio,
+                 (long long)cases[c].pos0);
+        if (ok) compare(name, fused, sep, n, 0, 0, 0);
+        else report(name, INFINITY, 0, 0, 0, err);
+        free(norms); free(kv); free(ckv); free(csc); free(ikv); free(isc); free(fused); free(sep);
+        free(m1); free(m2);
+    }
+}
+
 static void test_indexer(void) {
     char err[256], name[160];
     /* fp4: queries and keys Hadamard + FP4-simulated (the default model's
@@ -920,6 +959,7 @@ int main(void) {
     test_route();
     test_moe_small();
     test_compressor();
+    test_side_decode();
     test_indexer();
     test_attention();
     test_argmax();
