@@ -230,11 +230,10 @@ int main(int argc, char **argv) {
         uint32_t gen_done = 0;
         if (gen) {
             if (cuda) {
-                if (!ds4_cuda_decode_greedy(s, tok, 1, &tok, err, sizeof err)) { rc = 1; break; }
-                const double t0 = now_s();
-                if (!ds4_cuda_decode_greedy(s, tok, gen - 1 > 0 ? gen - 1 : 1, NULL, err, sizeof err)) { rc = 1; break; }
-                gen_s = now_s() - t0;
+                const double ms = timed_decode(s, &tok, gen, err, sizeof err);
+                if (ms < 0) { rc = 1; break; }
                 gen_done = gen - 1 > 0 ? gen - 1 : 1;
+                gen_s = ms * gen_done / 1e3;
             } else {
                 if (!ds4_session_eval(s, &tok, 1, NULL, err, sizeof err)) { rc = 1; break; }
                 const double t0 = now_s();

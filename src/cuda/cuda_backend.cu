@@ -908,7 +908,7 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         kcheck(F, "kv row store");
         for (const comp_job *cj : {&ca, &ci}) {
             if (!ratio || (cj == &ci && ratio != 4)) continue;
-            cu_compress(ss, cj->cp, cj->ape, cj->kv, cj->sc, T, cs->pos0, cj->st_kv, cj->st_sc, cj->pooled, cj->rows);
+            cu_compress(ss, *cj, T, cs->pos0);
             kcheck(F, cj == &ca ? "attention compressor" : "indexer compressor");
         }
     }

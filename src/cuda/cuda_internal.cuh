@@ -143,6 +143,16 @@ static __device__ __forceinline__ void l2_prefetch(const uint8_t *p, size_t n, c
 /* ------------------------------------------------------------------------ */
 /* device helpers */
 
+/* ldmatrix .x4 (16-bit elements, sm_75+): four 8 x 8 matrices; lane L gives
+ * the shared address of row L & 7 of matrix L >> 3 and receives, of each
+ * matrix, row L >> 2, elements 2 (L & 3), +1 (the lower one in the low half) */
+static __device__ __forceinline__ void ldsm_x4(uint32_t (&a)[4], uint32_t saddr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                 : "r"(saddr)
+                 : "memory");
+}
+
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -429,11 +439,17 @@ typedef struct {
     bool sim, f16;
     float eps;
 } comp_params;
-/* Feeds T tokens (projections kv, sc [T][c*dim], ape added here) through the
- * frontier state and appends the closed rows to rows[]. pooled: scratch
- * [T/ratio + 1][dim]. */
-void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
-                 uint32_t T, const int64_t *pos0, float *st_kv, float *st_sc, float *pooled, float *rows);
+/* A compressor's work: projections kv, sc [T][c*dim] (ape added here) fed
+ * through the frontier state st_kv / st_sc, closed rows appended to rows[];
+ * pooled: scratch [T/ratio + 1][dim]. */
+typedef struct {
+    comp_params cp;
+    dweight ape;
+    const float *kv, *sc;
+    float *st_kv, *st_sc, *pooled, *rows;
+} comp_job;
+/* Feeds T tokens at positions pos0[0].. through the compressor J. */
+void cu_compress(cudaStream_t st, const comp_job &J, uint32_t T, const int64_t *pos0);
 typedef struct {
     uint32_t D;
     const float *norm;
@@ -447,13 +463,6 @@ typedef struct {
 /* KV rows [T][D]: RMSNorm(norm), RoPE, FP8 (D - n_rot dims), F16 round,
  * stored at ring row (pos0+t) % raw_cap. */
 void cu_kv_store(cudaStream_t st, const kvrow_params &kp, const float *kv, uint32_t T, const int64_t *pos0);
-/* one compressor's decode arguments (cu_compress's, for cu_side_decode) */
-typedef struct {
-    comp_params cp;
-    dweight ape;
-    const float *kv, *sc;
-    float *st_kv, *st_sc, *pooled, *rows;
-} comp_job;
 /* Decode (one token): cu_kv_store of the token's row [D] plus cu_compress of
  * the attention compressor a and the indexer compressor ix (either may be
  * NULL; ix only with a) in one launch */

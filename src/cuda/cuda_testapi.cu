@@ -380,8 +380,8 @@ extern "C" bool ds4_cuda_test_compress(uint32_t ratio, uint32_t dim, uint32_t n_
     float *df = S.dev<float>(n_rot / 2, inv_freq), *dn = S.dev<float>(dim, norm);
     int64_t *dp = S.dev<int64_t>(1, &pos0);
     if (!S.ok) return false;
-    comp_params cp = {ratio, dim, n_rot, df, dn, indexer, sim, f16, 1e-6f};
-    cu_compress(S.st, cp, da, dkv, dsc, T, dp, dskv, dssc, dpool, drows);
+    const comp_job J = {{ratio, dim, n_rot, df, dn, indexer, sim, f16, 1e-6f}, da, dkv, dsc, dskv, dssc, dpool, drows};
+    cu_compress(S.st, J, T, dp);
     S.get(st_kv, dskv, sn);
     S.get(st_sc, dssc, sn);
     S.get(rows, drows, (size_t)comp_cap * dim);
@@ -442,8 +442,8 @@ extern "C" bool ds4_cuda_test_side_decode(uint32_t D, uint32_t ID, uint32_t rati
             cu_side_decode(S.st, kp, dkv, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, dp);
         } else {
             cu_kv_store(S.st, kp, dkv, 1, dp);
-            if (ratio) cu_compress(S.st, ca.cp, ca.ape, ca.kv, ca.sc, 1, dp, ca.st_kv, ca.st_sc, ca.pooled, ca.rows);
-            if (ratio == 4) cu_compress(S.st, ci.cp, ci.ape, ci.kv, ci.sc, 1, dp, ci.st_kv, ci.st_sc, ci.pooled, ci.rows);
+            if (ratio) cu_compress(S.st, ca, 1, dp);
+            if (ratio == 4) cu_compress(S.st, ci, 1, dp);
         }
     }
     S.get(state_fused, st[0], n);

@@ -220,8 +220,11 @@ __global__ void comp_emit_kernel(comp_params cp, uint32_t T, const int64_t *pos0
     comp_emit_row(cp, T, pos0[0], pooled, rows, blockIdx.x, s_row, red);
 }
 
-void cu_compress(cudaStream_t st, const comp_params &cp, const dweight &ape, const float *kv, const float *sc,
-                 uint32_t T, const int64_t *pos0, float *st_kv, float *st_sc, float *pooled, float *rows) {
+void cu_compress(cudaStream_t st, const comp_job &J, uint32_t T, const int64_t *pos0) {
+    const comp_params &cp = J.cp;
+    const dweight &ape = J.ape;
+    const float *kv = J.kv, *sc = J.sc;
+    float *st_kv = J.st_kv, *st_sc = J.st_sc, *pooled = J.pooled, *rows = J.rows;
     static int par = -1; /* DS4_CUDA_COMP_SERIAL=1: the serial walk for every chunk (measurements) */
     if (par < 0) {
         const char *e = getenv("DS4_CUDA_COMP_SERIAL");

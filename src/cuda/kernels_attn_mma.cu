@@ -49,11 +49,7 @@ static __device__ __forceinline__ void atc_cp16(void *dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
 }
 static __device__ __forceinline__ void atc_ldsm4(uint32_t (&r)[4], const void *p) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
+    ldsm_x4(r, (uint32_t)__cvta_generic_to_shared(p));
 }
 static __device__ __forceinline__ void atc_ldsm4t(uint32_t (&r)[4], const void *p) {
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);

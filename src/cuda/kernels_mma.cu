@@ -128,15 +128,6 @@ static __device__ __forceinline__ uint32_t lut2(uint32_t lo, uint32_t hi, uint32
     return r;
 }
 
-/* 16 x 16 BF16 fragment pieces, four 8 x 8 matrices: lane L gives the
- * address of row L & 7 of matrix L >> 3 and receives, of each matrix, row
- * L >> 2, elements 2 (L & 3), +1 (the lower one in the low half). */
-static __device__ __forceinline__ void ldsm_x4(uint32_t (&a)[4], uint32_t saddr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                 : "r"(saddr)
-                 : "memory");
-}
 
 /* c (16 x 8 f32) += a (16 x 16 BF16) b (16 x 8 BF16); registers only (not
  * volatile: free to be scheduled around the shared loads) */
@@ -340,11 +331,15 @@ template <> struct mma_frag<DS4_TYPE_Q4_K> { /* 144-byte blocks: d, dmin, scales
     }
 };
 
-template <> struct mma_frag<DS4_TYPE_F16> {
+/* F16 and BF16: the lane's 8 raw 2-byte weights */
+struct mma_frag_16bit {
     uint4 v;
     __device__ __forceinline__ void load(const uint8_t *wq, const __half *, uint32_t sb, uint32_t sub, uint32_t t4) {
         v = ldg_u4(wq + ((size_t)sb * 256 + sub * 32 + 8 * t4) * 2);
     }
+};
+
+template <> struct mma_frag<DS4_TYPE_F16> : mma_frag_16bit {
     __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *, const uint8_t *, uint32_t, const uint8_t *,
                                         uint32_t, uint32_t) const {
         const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -356,11 +351,7 @@ template <> struct mma_frag<DS4_TYPE_F16> {
     }
 };
 
-template <> struct mma_frag<DS4_TYPE_BF16> {
-    uint4 v;
-    __device__ __forceinline__ void load(const uint8_t *wq, const __half *, uint32_t sb, uint32_t sub, uint32_t t4) {
-        v = ldg_u4(wq + ((size_t)sb * 256 + sub * 32 + 8 * t4) * 2);
-    }
+template <> struct mma_frag<DS4_TYPE_BF16> : mma_frag_16bit {
     __device__ __forceinline__ void deq(uint32_t (&o)[4], const uint64_t *, const uint8_t *, uint32_t, const uint8_t *,
                                         uint32_t, uint32_t) const {
         o[0] = v.x;
