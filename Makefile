@@ -114,9 +114,9 @@ ds4-bench: $(BUILD)/bench/ds4_bench.o $(LIB)
 # whole-model checks on a GPU machine. `make test` compiles the .cu files when
 # nvcc is found (cuda-check) and skips that otherwise.
 NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
-CUDA_ARCH ?= sm_90
+CUDA_ARCH ?= sm_90a
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-CUDA_GENCODE = $(if $(filter generic,$(CUDA_ARCH)),-gencode arch=compute_80$(,)code=sm_80 -gencode arch=compute_90$(,)code=sm_90 -gencode arch=compute_120$(,)code=[sm_120$(,)compute_120],-arch=$(CUDA_ARCH))
+CUDA_GENCODE = $(if $(filter generic,$(CUDA_ARCH)),-gencode arch=compute_80$(,)code=sm_80 -gencode arch=compute_90a$(,)code=sm_90a -gencode arch=compute_120$(,)code=[sm_120$(,)compute_120],-arch=$(CUDA_ARCH))
 , := ,
 NVCCFLAGS ?= -O3 -std=c++17 -lineinfo
 CUDA_OBJ  = $(patsubst src/cuda/%.cu,$(BUILD)/cuda/$(CUDA_ARCH)/%.o,$(wildcard src/cuda/*.cu))

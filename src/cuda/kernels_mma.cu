@@ -27,6 +27,12 @@
 
 #include "iq2xxs_tables.h"
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MMA_WG 1 /* sm_90a: warpgroup MMAs (B straight from shared memory) */
+#else
+#define MMA_WG 0 /* mma.sync with B fragments by ldmatrix */
+#endif
+
 /* the IQ2_XXS tables again: without relocatable device code every file that
  * reads a __device__ table owns its copy */
 static __device__ uint64_t g_mma_iq2_grid[256];
@@ -129,6 +135,7 @@ static __device__ __forceinline__ uint32_t lut2(uint32_t lo, uint32_t hi, uint32
 }
 
 
+#if !MMA_WG
 /* c (16 x 8 f32) += a (16 x 16 BF16) b (16 x 8 BF16); registers only (not
  * volatile: free to be scheduled around the shared loads) */
 static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -136,6 +143,51 @@ static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&
                  "{%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+/* Hopper warpgroup MMA (sm_90a; the kernels below use it when compiled for
+ * it, mma.sync otherwise): d (64 x N f32, this warp's 16 rows) += a (64 x 16
+ * BF16 from registers: this warp's 16 rows in mma.m16n8k16's A layout) b (16
+ * x N BF16, K-major in shared memory, described by desc). The warp's d
+ * registers are mma.sync's C fragments of its 16 rows, 8 tokens after 8. */
+#if MMA_WG
+static __device__ __forceinline__ void wg_fence(void) { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+static __device__ __forceinline__ void wg_commit(void) { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+static __device__ __forceinline__ void wg_wait(void) { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+template <int N> static __device__ __forceinline__ void wgmma_bf16(float *d, const uint32_t (&a)[4], uint64_t desc);
+template <> __device__ __forceinline__ void wgmma_bf16<16>(float *d, const uint32_t (&a)[4], uint64_t desc) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %13, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n\t}"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_bf16<32>(float *d, const uint32_t (&a)[4], uint64_t desc) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %21, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n\t}"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_bf16<48>(float *d, const uint32_t (&a)[4], uint64_t desc) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %29, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, {%24, %25, %26, %27}, %28, p, 1, 1, 0;\n\t}"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_bf16<64>(float *d, const uint32_t (&a)[4], uint64_t desc) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %37, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n\t}"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+#endif
+
+/* async-proxy reads (wgmma) of shared memory written by ordinary stores:
+ * each writing thread fences before the barrier */
+static __device__ __forceinline__ void fence_async_smem(void) {
+#if MMA_WG
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
 }
 
 /* ------------------------------------------------------------------------ */
@@ -382,7 +434,11 @@ template <int BM, int BN> struct mma_cfg {
     static constexpr int P = 40;              /* BF16 pitch of a token row of the activation tile */
     static constexpr int XPT = BN * 32 / 256; /* activation floats a thread a slice (8 or 4) */
     static constexpr int TPR = 32 / XPT;      /* threads a token row */
-    static constexpr int XSTAGE = BN * P;     /* BF16 elements a stage */
+    /* BF16 elements a stage: token rows of pitch P (ldmatrix), or for
+     * wgmma 4 k-chunks x BN tokens x 8 (8 x 8 core matrices, K-major) */
+    static constexpr int XSTAGE = MMA_WG ? BN * 32 : BN * P;
+    /* output rows of fragment i a warp: i RS apart */
+    static constexpr int RS = MMA_WG ? 64 : 16;
     /* 8-token fragments of a tile 3/4 full (48 of 64 tokens: the usual expert) */
     static constexpr int NV3 = 3 * NJ / 4 % 2 ? NJ : 3 * NJ / 4;
 };
@@ -401,7 +457,7 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
      * of the slice's MMAs, where fewer registers are live */
     constexpr bool LATE = TYPE == DS4_TYPE_F16;
     __shared__ __align__(16) float Xf[MMA_XF][BN * 32];     /* activation slices as loaded (row-major) */
-    __shared__ __align__(16) __nv_bfloat16 Xs[2 * C::XSTAGE]; /* [2][BN][P], k permuted in the slice */
+    __shared__ __align__(128) __nv_bfloat16 Xs[2 * C::XSTAGE]; /* [2][BN][P] or [2][4][BN][8], k permuted in the slice */
     __shared__ uint64_t s_grid[TYPE == DS4_TYPE_IQ2_XXS ? 256 : 1];
     __shared__ uint8_t s_signs[TYPE == DS4_TYPE_IQ2_XXS ? 128 : 1];
     __shared__ uint32_t s_xrow[BN], s_yrow[BN];
@@ -421,7 +477,9 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
 
     /* activations: token xt of the tile, floats 4f .. 4f+3 of each slice (f = xq + TPR i) */
     const uint32_t xt = tid / TPR, xq = tid % TPR;
+#if !MMA_WG /* the lane's ldmatrix row */
     const uint32_t sx = (uint32_t)__cvta_generic_to_shared(Xs + ((lane & 7) + 8 * (lane >> 4)) * P + 8 * ((lane >> 3) & 1));
+#endif
     const uint32_t nsl = A.w.n_in / 32;
 
     for (uint32_t tile = btile; (int32_t)(tile * BN) < ntok; tile += ntile) {
@@ -446,11 +504,14 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
          * hh), as weight rows; rows past n_rows read the last row (their
          * outputs are not stored) */
         /* PAIR: rows r0, r0 + 8 of the gate (k 0, 1) and of the up (k 2, 3) */
-        const uint32_t r0 = PAIR ? brow * (BM / 2) + warp * 16 + g : brow * BM + warp * (BM / 8) + g;
+        /* wgmma: warpgroup wg (warps 4 wg..4 wg+3) owns rows [64 MI wg, 64 MI (wg+1)) of the tile,
+         * fragment i rows 64 i + 16 (warp & 3) + g (+8) of those */
+        const uint32_t wrow = MMA_WG ? 64 * (PAIR ? 1 : MI) * (warp >> 2) + 16 * (warp & 3) : warp * (PAIR ? 16 : BM / 8);
+        const uint32_t r0 = (PAIR ? brow * (BM / 2) : brow * BM) + wrow + g;
         uint32_t rowk[2 * MI];
 #pragma unroll
         for (int k = 0; k < 2 * MI; k++) {
-            const uint32_t rr = r0 + 8 * (PAIR ? k & 1 : k);
+            const uint32_t rr = r0 + 8 * (k & 1) + (PAIR ? 0 : C::RS * (k >> 1));
             rowk[k] = (uint32_t)wrow0 + (rr < A.n_rows ? rr : A.n_rows - 1);
         }
         const uint32_t spr = dw_scales_per_row(A.w.type, A.w.n_in);
@@ -459,6 +520,16 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
         for (int i = 0; i < MI; i++)
 #pragma unroll
             for (int j = 0; j < NJ; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+        /* (wgmma: keeps the compiler from moving the accumulators while an
+         * MMA that writes them is in flight, which would serialise it) */
+        auto acc_pin = [&]() {
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int j = 0; j < NJ; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) asm volatile("" : "+f"(acc[i][j][e])::"memory");
+        };
         mma_frag<TYPE> fr[2 * MI];
         uint32_t pw[2 * MI][4]; /* the lane's dequantized BF16 pairs of rows r0 + 8k */
 
@@ -501,14 +572,37 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
             for (int i = 0; i < XPT / 4; i++) {
                 const uint32_t f = xq + TPR * i;
                 const float4 v = xvalid ? *(const float4 *)&Xf[s % MMA_XF][xt * 32 + 4 * f] : make_float4(0, 0, 0, 0);
-                __nv_bfloat16 *o = Xs + b * C::XSTAGE + xt * P + 16 * (f & 1) + 2 * (f >> 1);
+                /* columns c and c + 8 (c = 16h + 2t): k-chunks 2h, 2h + 1 */
+                __nv_bfloat16 *o = Xs + b * C::XSTAGE +
+                                   (MMA_WG ? (2 * (f & 1) * BN + xt) * 8 + 2 * (f >> 1) : xt * P + 16 * (f & 1) + 2 * (f >> 1));
                 *(uint32_t *)o = bf2(v.x, v.y);
-                *(uint32_t *)(o + 8) = bf2(v.z, v.w);
+                *(uint32_t *)(o + (MMA_WG ? 8 * BN : 8)) = bf2(v.z, v.w);
             }
+            fence_async_smem();
         };
         /* the warp's MMAs of a slice on stage b: NV 8-token fragments */
         auto mmas = [&](auto nvc, int b, int h0, int h1) {
             constexpr int NV = decltype(nvc)::value;
+#if MMA_WG
+            /* B of k-step h: core matrices (8 tokens x 8 k, 128 bytes) 128 bytes apart
+             * along the tokens (SBO), k-chunks 2h and 2h + 1 BN x 16 bytes apart (LBO) */
+            const uint32_t xs0 = (uint32_t)__cvta_generic_to_shared(Xs) + b * C::XSTAGE * 2;
+            const uint64_t dconst = ((uint64_t)(128 >> 4) << 32) | ((uint64_t)((BN * 16) >> 4) << 16);
+            acc_pin();
+            wg_fence();
+#pragma unroll
+            for (int h = h0; h < h1; h++) {
+                const uint64_t desc = dconst | (((xs0 + 2 * h * BN * 16) >> 4) & 0x3FFF);
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    const uint32_t a[4] = {pw[2 * i][2 * h], pw[2 * i + 1][2 * h], pw[2 * i][2 * h + 1],
+                                           pw[2 * i + 1][2 * h + 1]};
+                    wgmma_bf16<NV * 8>(&acc[i][0][0], a, desc);
+                }
+            }
+            wg_commit(); /* the caller waits (wg_wait) before it touches acc or pw */
+            acc_pin();
+#else
 #pragma unroll
             for (int h = h0; h < h1; h++) {
 #pragma unroll
@@ -524,6 +618,7 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
                     }
                 }
             }
+#endif
         };
 
         load_x(0);
@@ -535,27 +630,43 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
         __syncthreads();
         /* slice s: weights of s+1 -> registers, activations of s+2 -> ring;
          * MMAs of s; dequantization of s+1 (into the fragment registers just
-         * used); activations of s+1 -> BF16 stage; one barrier */
-        for (uint32_t s = 0; s + 1 < nsl; s++) {
-            const int b = s & 1;
-            load_x(s + 2);
-            if (!LATE) load_w(s + 1);
-            auto step = [&](auto nvc) {
+         * used); activations of s+1 -> BF16 stage; one barrier. The whole
+         * walk per fragment count NV (a branch per slice would make the
+         * compiler serialise the warpgroup MMAs) */
+        auto walk = [&](auto nvc) {
+            for (uint32_t s = 0; s + 1 < nsl; s++) {
+                const int b = s & 1;
+                load_x(s + 2);
+                if (!LATE) load_w(s + 1);
+#if MMA_WG
+                /* the warpgroup MMAs run while the activations of s+1 go to
+                 * the other stage; the fragment registers wait for them */
+                if (LATE) load_w(s + 1);
+                mmas(nvc, b, 0, 2);
+                cp_async_wait_1();
+                stx(s + 1, b ^ 1);
+                wg_wait();
+                acc_pin();
+                deq(s + 1);
+#else
                 mmas(nvc, b, 0, 1);
                 if (LATE) load_w(s + 1);
                 mmas(nvc, b, 1, 2);
                 deq(s + 1);
-            };
-            if (njv > C::NV3) step(mma_int<NJ>());
-            else if (njv > NJ / 2) step(mma_int<C::NV3>());
-            else step(mma_int<NJ / 2>());
-            cp_async_wait_1();
-            stx(s + 1, b ^ 1);
-            __syncthreads();
-        }
-        if (njv > C::NV3) mmas(mma_int<NJ>(), (nsl - 1) & 1, 0, 2);
-        else if (njv > NJ / 2) mmas(mma_int<C::NV3>(), (nsl - 1) & 1, 0, 2);
-        else mmas(mma_int<NJ / 2>(), (nsl - 1) & 1, 0, 2);
+                cp_async_wait_1();
+                stx(s + 1, b ^ 1);
+#endif
+                __syncthreads();
+            }
+            mmas(nvc, (nsl - 1) & 1, 0, 2);
+#if MMA_WG
+            wg_wait();
+            acc_pin();
+#endif
+        };
+        if (njv > C::NV3) walk(mma_int<NJ>());
+        else if (njv > NJ / 2) walk(mma_int<C::NV3>());
+        else walk(mma_int<NJ / 2>());
         cp_async_wait_all(); /* (empty groups) */
 
         /* c0, c1: row g, tokens 2 t4, +1; c2, c3: row g + 8 */
@@ -588,7 +699,7 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
                     float *yt = A.y + blockIdx.z * A.gz_y + (size_t)s_yrow[t] * A.y_stride;
 #pragma unroll
                     for (int i = 0; i < MI; i++) { /* streaming stores: y should not evict the operands from L2 */
-                        const uint32_t ra = r0 + 16 * i, rb = ra + 8;
+                        const uint32_t ra = r0 + C::RS * i, rb = ra + 8;
                         if (ra < A.n_rows) __stcs(yt + ra, acc[i][j][e]);
                         if (rb < A.n_rows) __stcs(yt + rb, acc[i][j][2 + e]);
                     }
