@@ -534,9 +534,14 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint64_
  * per-block scaling as row_dot. */
 
 /* byte i of the result is 0xff where bit i of the 4 bits b is set: bit i
- * lands on bit 8i + 7 of the product (no two partial products share a bit) */
+ * lands on bit 8i + 7 of the product (no two partial products share a
+ * bit), and prmt's sign-replicating selectors (8 + i) spread the top bit of
+ * each byte over it (three instructions; the shift-and-multiply form took
+ * five) */
 static __device__ __forceinline__ uint32_t bytemask4(uint32_t b) {
-    return ((((b & 15u) * 0x10204080u) & 0x80808080u) >> 7) * 0xffu;
+    uint32_t r; /* prmt itself: __byte_perm masks the selector nibbles to 3 bits */
+    asm("prmt.b32 %0, %1, 0, 0xBA98;" : "=r"(r) : "r"((b & 15u) * 0x10204080u));
+    return r;
 }
 
 /* SMASK_ALU: the 8 sign bits (7 stored + the parity bit that makes the count
