@@ -63,13 +63,22 @@ static int32_t argmax(const float *x, uint32_t n) {
     return (int32_t)b;
 }
 
-/* n greedy device steps after a warm-up one (graph capture): ms a token */
+/* n greedy device steps after a warm-up one (graph capture): ms a token;
+ * *tok: the token to start from, then the last one decoded */
 static double timed_decode(ds4_session *s, int32_t *tok, uint32_t gen, char *err, size_t errlen) {
     if (!ds4_cuda_decode_greedy(s, *tok, 1, tok, err, errlen)) return -1;
     const uint32_t n = gen > 1 ? gen - 1 : 1;
+    int32_t *out = malloc((size_t)n * sizeof *out); /* decode_greedy writes all n ids */
+    if (!out) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     const double t0 = now_s();
-    if (!ds4_cuda_decode_greedy(s, *tok, n, tok, err, errlen)) return -1;
-    return (now_s() - t0) / n * 1e3;
+    const bool ok = ds4_cuda_decode_greedy(s, *tok, n, out, err, errlen);
+    const double ms = (now_s() - t0) / n * 1e3;
+    if (ok) *tok = out[n - 1];
+    free(out);
+    return ok ? ms : -1;
 }
 
 /* --skip-sweep: the decode rate at this frontier with each entry's steps
@@ -167,10 +176,16 @@ int main(int argc, char **argv) {
     }
     uint32_t sweep_n = 0;
     for (const char *p = sweep; p && *p; p = strchr(p, ';') ? strchr(p, ';') + 1 : "") sweep_n++;
-    if (!ctx) ctx = fr[n_fr - 1] + gen + 1 + (sweep_n ? 2 * sweep_n * gen + 2 : 0);
-    while (n_fr && fr[n_fr - 1] + gen + 1 > ctx) n_fr--;
+    /* tokens a frontier needs past itself: the decode, and the sweep's two timed decodes an entry */
+    const uint32_t past = gen + 1 + (sweep_n ? 2 * sweep_n * gen + 2 : 0);
+    if (!ctx) ctx = fr[n_fr - 1] + past;
+    while (n_fr && fr[n_fr - 1] + past > ctx) {
+        fprintf(stderr, "ds4-bench: frontier %u left out: it needs --ctx %u\n", fr[n_fr - 1], fr[n_fr - 1] + past);
+        n_fr--;
+    }
     if (!n_fr) {
-        fprintf(stderr, "ds4-bench: no frontier fits in --ctx %u with --gen %u\n", ctx, gen);
+        fprintf(stderr, "ds4-bench: no frontier fits in --ctx %u with --gen %u%s (the first needs --ctx %u)\n", ctx, gen,
+                sweep_n ? " and the skip sweep" : "", fr[0] + past);
         return 2;
     }
 

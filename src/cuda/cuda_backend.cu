@@ -56,6 +56,7 @@ typedef struct cu_model : cu_alloc {
     cudaEvent_t fork_ev[2], join_ev[2];
     bool concurrent;    /* DS4_CUDA_STREAMS != 0 */
     bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
+    bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
 } cu_model;
 
 static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -276,6 +277,8 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->concurrent = !(cc && !strcmp(cc, "0"));
     const char *sf = getenv("DS4_CUDA_SIDE_FUSED");
     cm->side_fused = !(sf && !strcmp(sf, "0"));
+    const char *ra = getenv("DS4_CUDA_ROUTER_ALONE");
+    cm->router_alone = !(ra && !strcmp(ra, "0"));
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -1011,17 +1014,32 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     jb[0].exact = 1;
     jb[1] = job(L->gate_sh, av_of(cs->f), cs->sg, FF);
     jb[2] = job(L->up_sh, av_of(cs->f), cs->su, FF);
-    if (!skipped("router + shared gate/up", T)) cu_matvec(sm, jb, 3, T);
-    kcheck(F, "router + shared gate/up");
     const cudaStream_t ss = side_of(F);
-    fork_side(F, 1);
-    /* side branch: the shared expert's SwiGLU and down projection */
     mv_job dsh = job(L->down_sh, av_of(cs->sh), cs->ysh, E);
-    if (!skipped("shared swiglu + down", T)) {
-        cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
-        cu_matvec(ss, &dsh, 1, T);
+    if (T == 1 && cm->router_alone && cu_router_decode_ok(L->router, av_of(cs->f))) {
+        /* decode: the whole shared expert on the side stream, the router
+         * alone on the main one (the routing no longer waits for the shared
+         * gate/up; DS4_CUDA_ROUTER_ALONE=0: the launch below) */
+        fork_side(F, 1);
+        if (!skipped("shared expert", T)) {
+            cu_matvec(ss, jb + 1, 2, T);
+            cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
+            cu_matvec(ss, &dsh, 1, T);
+        }
+        kcheck(F, "shared expert");
+        if (!skipped("router", T)) cu_router_decode(sm, L->router, av_of(cs->f), cs->rl);
+        kcheck(F, "router");
+    } else {
+        if (!skipped("router + shared gate/up", T)) cu_matvec(sm, jb, 3, T);
+        kcheck(F, "router + shared gate/up");
+        fork_side(F, 1);
+        /* side branch: the shared expert's SwiGLU and down projection */
+        if (!skipped("shared swiglu + down", T)) {
+            cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
+            cu_matvec(ss, &dsh, 1, T);
+        }
+        kcheck(F, "shared swiglu + down");
     }
-    kcheck(F, "shared swiglu + down");
     if (!skipped("route", T))
         cu_route(sm, cs->rl, T, X, K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
                  hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts);
@@ -1407,7 +1425,7 @@ extern "C" bool ds4_cuda_fake_fill(ds4_session *s, uint32_t n, uint64_t seed, ch
 extern "C" const char *ds4_cuda_step_names(void) {
     return "hc pre (attention);attention input projections;kv row + compressors;"
            "q_a norm;q_b;q heads norm+rope;indexer scores + top-k;attention;out_a;quantize low;out_b;"
-           "hc post (attention);hc pre (ffn);router + shared gate/up;shared swiglu + down;route;experts gate/up;"
+           "hc post (attention);hc pre (ffn);router;shared expert;route;experts gate/up;"
            "experts swiglu;experts down;expert sum + hc post (ffn)";
 }
 

@@ -327,6 +327,11 @@ typedef struct {
 } mv_job;
 /* y = W x for T tokens, several independent products in one launch. */
 void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);
+/* decode router logits y[n_out] = W x for one token (F16/BF16 W, n_in a
+ * multiple of 2048 up to 256 RR_MAX_PER), a block a row */
+#define RR_MAX_PER 32
+bool cu_router_decode_ok(const dweight &w, const act_view &x);
+void cu_router_decode(cudaStream_t st, const dweight &w, const act_view &x, float *y);
 /* Routed experts over pairs sorted by expert: for every expert e, rows
  * [0, w.n_out) of matrix e against the activations of its pairs
  * list[off[e] .. off[e]+cnt[e]); the activation row of pair p is p / x_div,

@@ -116,6 +116,20 @@ extern "C" bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t
     return S.ok;
 }
 
+/* the decode router kernel: y[n_out] = W x for one token (F16/BF16 W) */
+extern "C" bool ds4_cuda_test_router(const ds4_weight *w, const float *x, float *y, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(w, &dw)) return false;
+    dact a = S.act(1, (uint32_t)w->n_in, x);
+    float *dy = S.dev<float>(w->n_out);
+    if (!S.ok) return false;
+    if (!cu_router_decode_ok(dw, av_of(a))) return S.fail("router kernel does not apply"), false;
+    cu_router_decode(S.st, dw, av_of(a), dy);
+    S.get(y, dy, w->n_out);
+    return S.ok;
+}
+
 /* G jobs in one call, as the attention's out_a groups: job g = rows
  * [g R, g R + R) of matrix mat against columns [g n_in, g n_in + n_in) of x
  * (T rows of G n_in) -> y[t][g R + r] (rows of G R) */

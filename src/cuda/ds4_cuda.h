@@ -67,6 +67,8 @@ bool ds4_cuda_fake_fill(ds4_session *s, uint32_t n, uint64_t seed, char *err, si
 /* y[T][n_rows] = rows [row0, row0+n_rows) of matrix mat of w, times x[T][n_in] */
 bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint64_t n_rows, const float *x, int T,
                           float *y, char *err, size_t errlen);
+/* the decode router kernel (one token, F16/BF16 weights, n_in % 2048 == 0) */
+bool ds4_cuda_test_router(const ds4_weight *w, const float *x, float *y, char *err, size_t errlen);
 /* products of >= min_T tokens on tensor cores (BF16); 0: always the exact kernels */
 void ds4_cuda_test_set_mma(unsigned min_T);
 /* the token tile of tensor-core expert products: 32, 64, or 0 (by size) */

@@ -1114,3 +1114,68 @@ void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T) {
     for (int j = 0; j < n_jobs; j++)
         if (!cu_mma_dense(st, jobs[j], T)) matvec_split(st, jobs[j], T);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Decode router: the logits of one token, a block per expert row.
+ *
+ * In the generic mat-vec the router's 256 rows were a job beside the shared
+ * expert's gate/up (17.8 MB) in one launch, so the routing waited for the
+ * whole launch; alone it is 32 blocks of one row a warp, each lane
+ * streaming 256 bytes in turns (latency-bound). Here each block's 256
+ * threads split the row (n_in / 256 weights a thread, loaded before
+ * pdl_wait: weights are constant) and the shared expert runs on the side
+ * stream. Sum: each thread's products in order, then the warp and the block
+ * (f32; the CPU adds in another order, as every GPU product does). */
+template <bool BF>
+__global__ void __launch_bounds__(256) router_rows_kernel(dweight w, const float *x, float *y) {
+    constexpr int PER = RR_MAX_PER; /* weights a thread at most */
+    const uint32_t row = blockIdx.x, n = w.n_in, per = n / 256;
+    const uint16_t *wr = (const uint16_t *)(w.q + (size_t)row * w.row_bytes) + threadIdx.x * per;
+    uint4 raw[PER / 8];
+#pragma unroll
+    for (int v = 0; v < PER / 8; v++) raw[v] = 8 * v < (int)per ? __ldg((const uint4 *)wr + v) : make_uint4(0, 0, 0, 0);
+    pdl_wait();
+    pdl_trigger();
+    const float *xr = x + threadIdx.x * per;
+    float s = 0.0f;
+#pragma unroll
+    for (int v = 0; v < PER / 8; v++) {
+        if (8 * v >= (int)per) break;
+        const float4 a = *(const float4 *)(xr + 8 * v), b = *(const float4 *)(xr + 8 * v + 4);
+        const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        const uint32_t u[4] = {raw[v].x, raw[v].y, raw[v].z, raw[v].w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float lo, hi;
+            if (BF) {
+                lo = __uint_as_float(u[k] << 16);
+                hi = __uint_as_float(u[k] & 0xffff0000u);
+            } else {
+                const float2 f = __half22float2(*(const __half2 *)&u[k]);
+                lo = f.x;
+                hi = f.y;
+            }
+            s = fmaf(lo, xs[2 * k], s);
+            s = fmaf(hi, xs[2 * k + 1], s);
+        }
+    }
+    __shared__ float red[8];
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = 0.0f;
+        for (int i = 0; i < 8; i++) t += red[i];
+        y[row] = t;
+    }
+}
+
+bool cu_router_decode_ok(const dweight &w, const act_view &x) {
+    return (w.type == DS4_TYPE_F16 || w.type == DS4_TYPE_BF16) && w.n_in % 2048 == 0 && w.n_in / 256 <= RR_MAX_PER &&
+           w.row_bytes % 16 == 0 && ((uintptr_t)w.q & 15) == 0 && x.f && ((uintptr_t)(x.f + x.off) & 15) == 0;
+}
+
+void cu_router_decode(cudaStream_t st, const dweight &w, const act_view &x, float *y) {
+    if (w.type == DS4_TYPE_BF16) cu_launch(router_rows_kernel<true>, w.n_out, 256, 0, st, w, x.f + x.off, y);
+    else cu_launch(router_rows_kernel<false>, w.n_out, 256, 0, st, w, x.f + x.off, y);
+}

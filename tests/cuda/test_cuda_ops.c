@@ -141,6 +141,31 @@ static void test_matmul(void) {
     }
 }
 
+/* the decode router kernel (a block a row, the row split over 256
+ * threads): F16 and BF16 rows of 2048 / 4096 / 8192 values, 37 or 256 rows */
+static void test_router(void) {
+    static const struct {
+        ds4_dtype t;
+        uint32_t n_in, n_out;
+    } cases[] = {{DS4_TYPE_F16, 4096, 256}, {DS4_TYPE_BF16, 4096, 37}, {DS4_TYPE_F16, 2048, 37}, {DS4_TYPE_BF16, 8192, 256}};
+    char err[256], name[96];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        void *mem;
+        ds4_weight w = make_weight(cases[c].t, cases[c].n_in, cases[c].n_out, 1, 1.0f, &mem);
+        float *x = falloc(w.n_in), *ref = falloc(w.n_out), *got = falloc(w.n_out);
+        fill(x, w.n_in, 2.0f);
+        ds4_matmul_rows(pool, &w, 0, 0, w.n_out, x, 1, ref);
+        const bool ok = ds4_cuda_test_router(&w, x, got, err, sizeof err);
+        snprintf(name, sizeof name, "router %s [%u x %u]", ds4_dtype_name(w.type), cases[c].n_in, cases[c].n_out);
+        if (ok) compare(name, got, ref, w.n_out, 2e-5, 0, 0);
+        else report(name, INFINITY, 0, 0, 0, err);
+        free(x);
+        free(ref);
+        free(got);
+        free(mem);
+    }
+}
+
 /* decode launches: routed-expert pairs and a dense job in one launch (the
  * pipelined T = 1 kernel walks both), rows of 1 to 8 passes */
 static void test_matvec_pairs(void) {
@@ -947,6 +972,7 @@ int main(void) {
     test_quantize();
     ds4_cuda_test_set_mma(0); /* the exact kernels first; test_mma turns the tensor-core path on */
     test_matmul();
+    test_router();
     test_moe_mm();
     test_mma();
     test_matmul_groups();
