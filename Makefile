@@ -108,8 +108,9 @@ ds4-bench: $(BUILD)/bench/ds4_bench.o $(LIB)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # CUDA backend (docs/CUDA.md). `make cuda` relinks ./ds4 and builds ./ds4-bench
-# and the op tests with the GPU backend (CUDA_ARCH=sm_90 by default;
-# CUDA_ARCH=generic embeds sm_80/sm_90/sm_120 code plus PTX, for other cards
+# and the op tests with the GPU backend (CUDA_ARCH=sm_90a by default: H100/H200
+# with the warpgroup-MMA prefill; CUDA_ARCH=generic embeds sm_80/sm_90a/sm_120
+# code plus PTX, for other cards
 # such as the DGX Spark's). `make cuda-test` runs the op tests and the
 # whole-model checks on a GPU machine. `make test` compiles the .cu files when
 # nvcc is found (cuda-check) and skips that otherwise.
