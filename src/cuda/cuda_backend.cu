@@ -57,6 +57,7 @@ typedef struct cu_model : cu_alloc {
     bool concurrent;    /* DS4_CUDA_STREAMS != 0 */
     bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
     bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
+    bool q_in_attn;     /* decode: the attention kernel does the query heads' norm + RoPE (DS4_CUDA_Q_IN_ATTN != 0) */
 } cu_model;
 
 static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -279,6 +280,8 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->side_fused = !(sf && !strcmp(sf, "0"));
     const char *ra = getenv("DS4_CUDA_ROUTER_ALONE");
     cm->router_alone = !(ra && !strcmp(ra, "0"));
+    const char *qa = getenv("DS4_CUDA_Q_IN_ATTN");
+    cm->q_in_attn = !(qa && !strcmp(qa, "0"));
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -923,11 +926,17 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (ratio == 4) jb[nj++] = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
     if (!skipped("q_b", T)) cu_matvec(sm, jb, nj, T);
     kcheck(F, "q_b");
-    if (T == 1 && ratio == 4) { /* both sets of heads in one launch */
+    /* decode: the attention kernel normalises and rotates the query heads
+     * itself (one launch fewer; DS4_CUDA_Q_IN_ATTN=0: here) */
+    const bool q_in_attn = T == 1 && cm->q_in_attn;
+    if (T == 1 && ratio == 4 && q_in_attn) {
+        if (!skipped("q heads norm+rope", T))
+            cu_head_post(sm, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
+    } else if (T == 1 && ratio == 4) { /* both sets of heads in one launch */
         const head_job hq = {cs->q, H, D, hp->n_rot, rope, 1, 0, 0};
         const head_job hi = {cs->qi, I, ID, hp->n_rot, cm->rope_comp, 0, 0, !m->exact};
         if (!skipped("q heads norm+rope", T)) cu_head_post2(sm, hq, hi, T, cs->pos0, eps);
-    } else if (!skipped("q heads norm+rope", T)) {
+    } else if (!q_in_attn && !skipped("q heads norm+rope", T)) {
         cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
     }
     kcheck(F, "q heads norm+rope");
@@ -944,7 +953,7 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         if (F->s->trace_topk) trace_indexer(F, il, T);
     }
     attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
-                      st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope};
+                      st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps};
     const uint32_t splits = T == 1 ? cs->splits1 : cs->splitsT;
     /* prefill chunks on tensor cores (with the BF16 products; FP16 needs the
      * F16-rounded KV rows of a non-exact model), else the exact kernel */

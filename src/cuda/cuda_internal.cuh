@@ -486,6 +486,11 @@ typedef struct {
     const float *raw, *comp;
     const uint32_t *sel, *n_sel; /* NULL unless the indexer ran */
     const float *inv_freq;       /* inverse RoPE of the outputs */
+    /* decode (cu_attention): with q_post set, q holds the heads as q_b wrote
+     * them and each warp applies the head's RMSNorm (eps q_eps) and RoPE
+     * (inv_freq) itself, what head_post_kernel did in a launch before */
+    int q_post;
+    float q_eps;
 } attn_params;
 /* The key/value rows token t (position p) attends, in order: the raw window
  * [lo, p] (n_raw rows of the ring), then n_comp compressed rows (the

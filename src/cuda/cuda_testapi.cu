@@ -484,6 +484,13 @@ extern "C" bool ds4_cuda_test_indexer(const float *qi, const float *wi, float ws
     return S.ok;
 }
 
+static int g_attn_q_post;
+static float g_attn_q_eps;
+extern "C" void ds4_cuda_test_set_attn_q_post(bool on, float eps) {
+    g_attn_q_post = on;
+    g_attn_q_eps = eps;
+}
+
 extern "C" bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, uint32_t D, uint32_t n_swa,
                                         uint32_t ratio, uint32_t top_k, uint32_t n_rot, const float *inv_freq,
                                         const float *sinks, const float *raw, uint32_t raw_cap, const float *comp,
@@ -499,7 +506,7 @@ extern "C" bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, 
     const size_t pf = cu_attention_part_floats(T, H, D, splits ? splits : 1);
     float *part = S.dev<float>(pf), *dout = S.dev<float>((size_t)T * H * D);
     if (!S.ok) return false;
-    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df};
+    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df, g_attn_q_post, g_attn_q_eps};
     if (!splits) { /* the tensor-core prefill kernel */
         if (!cu_attention_tc(S.st, ap, dq, T, dp, dout)) return S.fail("tensor-core attention does not apply"), false;
     } else

@@ -117,6 +117,8 @@ bool ds4_cuda_test_side_decode(uint32_t D, uint32_t ID, uint32_t ratio, uint32_t
 bool ds4_cuda_test_indexer(const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_keys,
                            uint32_t T, uint32_t I, uint32_t ID, uint32_t K, int64_t pos0, uint32_t *sel,
                            uint32_t *n_sel, char *err, size_t errlen);
+/* the decode attention applies the query heads' RMSNorm (eps) + RoPE itself (off: q as given) */
+void ds4_cuda_test_set_attn_q_post(bool on, float eps);
 /* attention of q [T][H][D] (sel/n_sel may be NULL); o [T][H][D]; splits 0: the
  * tensor-core prefill kernel (cu_attention_tc) */
 bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, uint32_t D, uint32_t n_swa, uint32_t ratio,

@@ -707,6 +707,27 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
         qr[j] = hv ? qh[lane + 32 * j] : 0.0f;
         o[j] = 0.0f;
     }
+    if (ap.q_post) { /* the head's RMSNorm and RoPE (srow_rmsnorm, rope_pair: the same arithmetic) */
+        double ss = 0;
+#pragma unroll
+        for (int j = 0; j < DPL; j++) ss += (double)qr[j] * qr[j];
+        ss = warp_sum_d(ss);
+        const float sc = (float)(1.0 / sqrt(ss / D + (double)ap.q_eps));
+        const int64_t pos = pos0[0] + t;
+        const uint32_t rope0 = D - ap.n_rot; /* even; lane parity = element parity */
+#pragma unroll
+        for (int j = 0; j < DPL; j++) {
+            qr[j] = __fmul_rn(qr[j], sc);
+            const float other = __shfl_xor_sync(0xffffffffu, qr[j], 1);
+            const uint32_t d = lane + 32 * j;
+            if (d >= rope0) {
+                const float theta = __fmul_rn((float)pos, ap.inv_freq[(d - rope0) >> 1]);
+                const float cs = cosf(theta), sn = sinf(theta);
+                qr[j] = d & 1 ? __fadd_rn(__fmul_rn(other, sn), __fmul_rn(qr[j], cs))
+                              : __fsub_rn(__fmul_rn(qr[j], cs), __fmul_rn(other, sn));
+            }
+        }
+    }
     float m = -INFINITY, l = 0.0f;
     for (uint32_t rb = r0; rb < r1; rb += ATT_TILE) {
         const uint32_t nr = min((uint32_t)ATT_TILE, r1 - rb);

@@ -866,14 +866,21 @@ static void test_indexer(void) {
  * at position 0 (partial tiles), 64 and 128 heads. */
 static void test_attention(void) {
     char err[256], name[128];
+    /* qpost: q as q_b wrote it, the decode kernel applies the heads' RMSNorm +
+     * RoPE (position 200000: angles past the fast sin/cos range) */
     static const struct {
         uint32_t H, D, ratio, splits, T;
         bool sel;
         int64_t pos0;
-    } cases[] = {{4, 128, 0, 1, 3, false, 700},    {8, 512, 4, 1, 3, true, 700},      {64, 512, 4, 7, 3, true, 700},
-                 {8, 256, 128, 3, 3, false, 700},  {64, 512, 128, 32, 3, false, 700}, {5, 128, 4, 2, 3, false, 700},
-                 {64, 512, 0, 0, 20, false, 700},  {64, 512, 4, 0, 20, true, 700},    {128, 512, 128, 0, 20, false, 1400},
-                 {64, 512, 4, 0, 20, false, 5}};
+        bool qpost;
+    } cases[] = {{4, 128, 0, 1, 3, false, 700, false},   {8, 512, 4, 1, 3, true, 700, false},
+                 {64, 512, 4, 7, 3, true, 700, false},   {8, 256, 128, 3, 3, false, 700, false},
+                 {64, 512, 128, 32, 3, false, 700, false}, {5, 128, 4, 2, 3, false, 700, false},
+                 {64, 512, 0, 0, 20, false, 700, false}, {64, 512, 4, 0, 20, true, 700, false},
+                 {128, 512, 128, 0, 20, false, 1400, false}, {64, 512, 4, 0, 20, false, 5, false},
+                 {64, 512, 4, 32, 3, true, 700, true},   {64, 512, 0, 32, 1, false, 200000, true},
+                 {4, 128, 0, 3, 3, false, 9, true}};
+    const float q_eps = 1e-6f;
     float inv[32];
     ds4_rope_inv_freq(inv, 64, 160000, 16, 65536, 32, 1);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -885,6 +892,16 @@ static void test_attention(void) {
         float *q = falloc((size_t)T * H * D), *raw = falloc((size_t)cap * D), *comp = falloc((size_t)(n_comp + 1) * D);
         float *sinks = falloc(H), *ref = falloc((size_t)T * H * D), *got = falloc((size_t)T * H * D);
         fill(q, (size_t)T * H * D, 1.0f);
+        /* the reference attends with the normalised, rotated heads */
+        float *qn = falloc((size_t)T * H * D);
+        memcpy(qn, q, (size_t)T * H * D * sizeof(float));
+        if (cases[c].qpost)
+            for (uint32_t t = 0; t < T; t++)
+                for (uint32_t h = 0; h < H; h++) {
+                    float *qh = qn + ((size_t)t * H + h) * D;
+                    ds4_rmsnorm(qh, qh, NULL, (int)D, q_eps);
+                    ds4_rope_tail(qh, (int)D, 64, inv, pos0 + t, false);
+                }
         fill(raw, (size_t)cap * D, 1.0f);
         fill(comp, (size_t)(n_comp + 1) * D, 1.0f);
         if (tc) {
@@ -910,7 +927,7 @@ static void test_attention(void) {
                     sl = sel + t * top_k;
                     nc = nsel[t];
                 }
-                const float *qq = q + ((size_t)t * H + h) * D, scale = 1.0f / sqrtf((float)D);
+                const float *qq = qn + ((size_t)t * H + h) * D, scale = 1.0f / sqrtf((float)D);
                 float z[1024], mx = sinks[h];
                 for (uint32_t r = 0; r < n_raw + nc; r++) {
                     const float *k = r < n_raw ? raw + (size_t)((lo + r) % cap) * D : comp + (size_t)(sl ? sl[r - n_raw] : r - n_raw) * D;
@@ -929,18 +946,20 @@ static void test_attention(void) {
                 for (uint32_t i = 0; i < D; i++) o[i] /= den;
                 ds4_rope_tail(o, (int)D, 64, inv, p, true);
             }
+        ds4_cuda_test_set_attn_q_post(cases[c].qpost, q_eps);
         bool ok = ds4_cuda_test_attention(q, T, H, D, n_swa, ratio, top_k, 64, inv, sinks, raw, cap, comp, n_comp, sel,
                                           sel ? nsel : NULL, pos0, cases[c].splits, got, err, sizeof err);
+        ds4_cuda_test_set_attn_q_post(false, 0.0f);
         if (tc)
             snprintf(name, sizeof name, "attention (tensor cores) H=%u ratio %u%s, T=%u at %lld", H, ratio,
                      cases[c].sel ? " + top-k" : "", T, (long long)pos0);
         else
-            snprintf(name, sizeof name, "attention H=%u D=%u ratio %u%s, %u splits", H, D, ratio,
-                     cases[c].sel ? " + top-k" : "", cases[c].splits);
+            snprintf(name, sizeof name, "attention H=%u D=%u ratio %u%s, %u splits%s", H, D, ratio,
+                     cases[c].sel ? " + top-k" : "", cases[c].splits, cases[c].qpost ? ", q norm+rope in kernel" : "");
         /* tensor cores: FP16 queries and weights (relative 2^-11 each) */
         if (ok) compare(name, got, ref, (size_t)T * H * D, tc ? 3e-3 : 2e-5, 0, 0);
         else report(name, INFINITY, 0, 0, 0, err);
-        free(q); free(raw); free(comp); free(sinks); free(ref); free(got); free(sel);
+        free(q); free(qn); free(raw); free(comp); free(sinks); free(ref); free(got); free(sel);
     }
 }
 
