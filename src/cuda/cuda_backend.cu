@@ -58,6 +58,7 @@ typedef struct cu_model : cu_alloc {
     bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
     bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
     bool q_in_attn;     /* decode: the attention kernel does the query heads' norm + RoPE (DS4_CUDA_Q_IN_ATTN != 0) */
+    bool route_in_router; /* decode: the router's last block routes the token (DS4_CUDA_ROUTE_IN_ROUTER != 0) */
 } cu_model;
 
 static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -282,6 +283,8 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->router_alone = !(ra && !strcmp(ra, "0"));
     const char *qa = getenv("DS4_CUDA_Q_IN_ATTN");
     cm->q_in_attn = !(qa && !strcmp(qa, "0"));
+    const char *rr = getenv("DS4_CUDA_ROUTE_IN_ROUTER");
+    cm->route_in_router = !(rr && !strcmp(rr, "0"));
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -1025,6 +1028,7 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     jb[2] = job(L->up_sh, av_of(cs->f), cs->su, FF);
     const cudaStream_t ss = side_of(F);
     mv_job dsh = job(L->down_sh, av_of(cs->sh), cs->ysh, E);
+    bool routed = false; /* the router launch also routed the token */
     if (T == 1 && cm->router_alone && cu_router_decode_ok(L->router, av_of(cs->f))) {
         /* decode: the whole shared expert on the side stream, the router
          * alone on the main one (the routing no longer waits for the shared
@@ -1036,7 +1040,11 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
             cu_matvec(ss, &dsh, 1, T);
         }
         kcheck(F, "shared expert");
-        if (!skipped("router", T)) cu_router_decode(sm, L->router, av_of(cs->f), cs->rl);
+        /* and the routing by the router's last block (DS4_CUDA_ROUTE_IN_ROUTER=0: its own launch) */
+        const route_args ra = {K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
+                               hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts};
+        routed = cm->route_in_router && X <= 1024 && K <= ROUTE_MAX_K;
+        if (!skipped("router", T)) cu_router_decode(sm, L->router, av_of(cs->f), cs->rl, routed ? &ra : NULL);
         kcheck(F, "router");
     } else {
         if (!skipped("router + shared gate/up", T)) cu_matvec(sm, jb, 3, T);
@@ -1049,7 +1057,7 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         }
         kcheck(F, "shared swiglu + down");
     }
-    if (!skipped("route", T))
+    if (!routed && !skipped("route", T))
         cu_route(sm, cs->rl, T, X, K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
                  hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts);
     kcheck(F, "route");

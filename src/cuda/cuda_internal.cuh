@@ -331,7 +331,18 @@ void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);
  * multiple of 2048 up to 256 RR_MAX_PER), a block a row */
 #define RR_MAX_PER 32
 bool cu_router_decode_ok(const dweight &w, const act_view &x);
-void cu_router_decode(cudaStream_t st, const dweight &w, const act_view &x, float *y);
+/* the routing of one token (cu_route's arguments) */
+typedef struct {
+    uint32_t K;
+    const int32_t *tokens, *tid2eid;
+    const float *bias;
+    int norm;
+    float scale;
+    int32_t *ids; /* NULL: logits only */
+    float *wts;
+} route_args;
+/* ra: also route the token (by the block that finishes last; X = n_out <= 1024) */
+void cu_router_decode(cudaStream_t st, const dweight &w, const act_view &x, float *y, const route_args *ra = NULL);
 /* Routed experts over pairs sorted by expert: for every expert e, rows
  * [0, w.n_out) of matrix e against the activations of its pairs
  * list[off[e] .. off[e]+cnt[e]); the activation row of pair p is p / x_div,

@@ -130,6 +130,37 @@ extern "C" bool ds4_cuda_test_router(const ds4_weight *w, const float *x, float 
     return S.ok;
 }
 
+/* the decode router with the routing in its last block, launched twice (the
+ * block count resets itself), against route_kernel on its logits:
+ * ids/wts_in [2][K] (both launches), ids/wts_sep [K]; bias and hash
+ * (tid2eid [n_tok][K], token) may be NULL / unused */
+extern "C" bool ds4_cuda_test_router_route(const ds4_weight *w, const float *x, uint32_t K, const float *bias,
+                                           const int32_t *tid2eid, uint32_t n_tok, int32_t token, bool norm,
+                                           float scale, int32_t *ids_in, float *wts_in, int32_t *ids_sep,
+                                           float *wts_sep, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw;
+    if (!S.weight(w, &dw)) return false;
+    const uint32_t X = (uint32_t)w->n_out;
+    dact a = S.act(1, (uint32_t)w->n_in, x);
+    float *dy = S.dev<float>(X), *db = bias ? S.dev<float>(X, bias) : nullptr;
+    int32_t *dt = tid2eid ? S.dev<int32_t>((size_t)n_tok * K, tid2eid) : nullptr, *dtok = S.dev<int32_t>(1, &token);
+    int32_t *di = S.dev<int32_t>(2 * K), *di2 = S.dev<int32_t>(K);
+    float *dwt = S.dev<float>(2 * K), *dwt2 = S.dev<float>(K);
+    if (!S.ok) return false;
+    if (!cu_router_decode_ok(dw, av_of(a))) return S.fail("router kernel does not apply"), false;
+    for (int rep = 0; rep < 2; rep++) {
+        const route_args ra = {K, dtok, dt, db, norm, scale, di + rep * K, dwt + rep * K};
+        cu_router_decode(S.st, dw, av_of(a), dy, &ra);
+    }
+    cu_route(S.st, dy, 1, X, K, dtok, dt, db, norm, scale, di2, dwt2);
+    S.get(ids_in, di, 2 * K);
+    S.get(wts_in, dwt, 2 * K);
+    S.get(ids_sep, di2, K);
+    S.get(wts_sep, dwt2, K);
+    return S.ok;
+}
+
 /* G jobs in one call, as the attention's out_a groups: job g = rows
  * [g R, g R + R) of matrix mat against columns [g n_in, g n_in + n_in) of x
  * (T rows of G n_in) -> y[t][g R + r] (rows of G R) */

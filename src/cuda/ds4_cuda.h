@@ -68,6 +68,12 @@ bool ds4_cuda_fake_fill(ds4_session *s, uint32_t n, uint64_t seed, char *err, si
 bool ds4_cuda_test_matmul(const ds4_weight *w, uint64_t mat, uint64_t row0, uint64_t n_rows, const float *x, int T,
                           float *y, char *err, size_t errlen);
 /* the decode router kernel (one token, F16/BF16 weights, n_in % 2048 == 0) */
+/* ... with the routing done by its last block (launched twice) against
+ * route_kernel on its logits: ids/wts_in [2][K], ids/wts_sep [K] */
+bool ds4_cuda_test_router_route(const ds4_weight *w, const float *x, uint32_t K, const float *bias,
+                                const int32_t *tid2eid, uint32_t n_tok, int32_t token, bool norm, float scale,
+                                int32_t *ids_in, float *wts_in, int32_t *ids_sep, float *wts_sep, char *err,
+                                size_t errlen);
 bool ds4_cuda_test_router(const ds4_weight *w, const float *x, float *y, char *err, size_t errlen);
 /* products of >= min_T tokens on tensor cores (BF16); 0: always the exact kernels */
 void ds4_cuda_test_set_mma(unsigned min_T);

@@ -159,6 +159,26 @@ static void test_router(void) {
         snprintf(name, sizeof name, "router %s [%u x %u]", ds4_dtype_name(w.type), cases[c].n_in, cases[c].n_out);
         if (ok) compare(name, got, ref, w.n_out, 2e-5, 0, 0);
         else report(name, INFINITY, 0, 0, 0, err);
+        /* the routing by the router's last block (top-6 with bias, or by
+         * the hash table), twice, = route_kernel on the same logits */
+        if (cases[c].n_out == 256) {
+            const uint32_t K = 6, n_tok = 50;
+            float *bias = falloc(256), wts_in[12], wts_sep[6];
+            int32_t *tid2eid = malloc(n_tok * K * sizeof(int32_t)), ids_in[12], ids_sep[6];
+            fill(bias, 256, 0.5f);
+            for (uint32_t i = 0; i < n_tok * K; i++) tid2eid[i] = (int32_t)((i * 37 + 11) % 256);
+            const bool hash = c == 3;
+            const bool rok = ds4_cuda_test_router_route(&w, x, K, hash ? NULL : bias, hash ? tid2eid : NULL, n_tok, 17,
+                                                        true, 2.5f, ids_in, wts_in, ids_sep, wts_sep, err, sizeof err);
+            int diff = 0;
+            for (uint32_t i = 0; rok && i < 2 * K; i++)
+                diff += ids_in[i] != ids_sep[i % K] || wts_in[i] != wts_sep[i % K];
+            snprintf(name, sizeof name, "router + routing in its last block (%s), twice = route kernel: differing",
+                     hash ? "hash" : "top-6 + bias");
+            report(name, rok ? (double)diff : INFINITY, 0, 0, 0, rok ? NULL : err);
+            free(bias);
+            free(tid2eid);
+        }
         free(x);
         free(ref);
         free(got);
