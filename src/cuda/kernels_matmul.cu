@@ -18,8 +18,9 @@
  *
  * Prefill (T >= 16 tokens, DS4_CUDA_MMA_MIN): products with quantized or
  * F16/BF16 weights go to the tensor-core kernels of kernels_mma.cu instead (BF16
- * tensor cores, weights dequantized per tile in shared memory); F32 weights,
- * jobs marked exact (the router) and decode stay on the kernels above.
+ * tensor cores, weights dequantized into the MMA operand registers); F32
+ * weights, jobs marked exact (the router) and decode stay on the kernels
+ * above (the decode router has its own kernel in kernels_ops.cu).
  */
 #include "cuda_internal.cuh"
 

@@ -2,7 +2,8 @@
  * hyper-connections (mix, Sinkhorn split, collapse, expand; the expand also
  * adds the routed experts to the FFN output and forms the next mix's
  * partials), RMSNorm, RoPE and the official low-precision simulations on
- * heads, the MoE router, SwiGLU, the per-token expert sum, the
+ * heads, the MoE routing (and the decode router's logits, a block a row,
+ * with the routing in its last block), SwiGLU, the per-token expert sum, the
  * pair sort for prefill MoE, the output HC head and argmax.
  *
  * Each kernel mirrors a CPU function (ops.c, forward.c, moe.c) and keeps its
