@@ -259,14 +259,19 @@ static bool check_rows(const ds4_weight *w, const char *name, uint32_t il, char 
 
 static void cu_model_free(ds4_model *m);
 
+/* an A/B switch: on unless the environment variable is "0" */
+static bool switch_on(const char *name) {
+    const char *e = getenv(name);
+    return !(e && !strcmp(e, "0"));
+}
+
 static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cu_model *cm = new cu_model();
     m->bk = cm;
     cm->weight_bytes = 0;
     const char *sy = getenv("DS4_CUDA_SYNC");
     cm->sync_each = sy && *sy && strcmp(sy, "0") != 0;
-    const char *gr = getenv("DS4_CUDA_GRAPH");
-    cm->use_graph = !(gr && !strcmp(gr, "0"));
+    cm->use_graph = switch_on("DS4_CUDA_GRAPH");
     CU_OK(cudaSetDevice(0), err, errlen, "select device 0");
     /* a blocking stream: ordered with the synchronous cudaMemcpy uploads */
     CU_OK(cudaStreamCreate(&cm->st), err, errlen, "stream");
@@ -275,16 +280,11 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
         CU_OK(cudaEventCreateWithFlags(&cm->fork_ev[i], cudaEventDisableTiming), err, errlen, "event");
         CU_OK(cudaEventCreateWithFlags(&cm->join_ev[i], cudaEventDisableTiming), err, errlen, "event");
     }
-    const char *cc = getenv("DS4_CUDA_STREAMS");
-    cm->concurrent = !(cc && !strcmp(cc, "0"));
-    const char *sf = getenv("DS4_CUDA_SIDE_FUSED");
-    cm->side_fused = !(sf && !strcmp(sf, "0"));
-    const char *ra = getenv("DS4_CUDA_ROUTER_ALONE");
-    cm->router_alone = !(ra && !strcmp(ra, "0"));
-    const char *qa = getenv("DS4_CUDA_Q_IN_ATTN");
-    cm->q_in_attn = !(qa && !strcmp(qa, "0"));
-    const char *rr = getenv("DS4_CUDA_ROUTE_IN_ROUTER");
-    cm->route_in_router = !(rr && !strcmp(rr, "0"));
+    cm->concurrent = switch_on("DS4_CUDA_STREAMS");
+    cm->side_fused = switch_on("DS4_CUDA_SIDE_FUSED");
+    cm->router_alone = switch_on("DS4_CUDA_ROUTER_ALONE");
+    cm->q_in_attn = switch_on("DS4_CUDA_Q_IN_ATTN");
+    cm->route_in_router = switch_on("DS4_CUDA_ROUTE_IN_ROUTER");
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -932,10 +932,8 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     /* decode: the attention kernel normalises and rotates the query heads
      * itself (one launch fewer; DS4_CUDA_Q_IN_ATTN=0: here) */
     const bool q_in_attn = T == 1 && cm->q_in_attn;
-    if (T == 1 && ratio == 4 && q_in_attn) {
-        if (!skipped("q heads norm+rope", T))
-            cu_head_post(sm, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
-    } else if (T == 1 && ratio == 4) { /* both sets of heads in one launch */
+    const bool both_heads = T == 1 && ratio == 4 && !q_in_attn; /* both sets of heads in one launch */
+    if (both_heads) {
         const head_job hq = {cs->q, H, D, hp->n_rot, rope, 1, 0, 0};
         const head_job hi = {cs->qi, I, ID, hp->n_rot, cm->rope_comp, 0, 0, !m->exact};
         if (!skipped("q heads norm+rope", T)) cu_head_post2(sm, hq, hi, T, cs->pos0, eps);
@@ -943,7 +941,7 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
     }
     kcheck(F, "q heads norm+rope");
-    if (ratio == 4 && T > 1) {
+    if (ratio == 4 && !both_heads && !skipped("indexer queries", T)) {
         cu_head_post(sm, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
         kcheck(F, "indexer queries");
     }
@@ -1028,6 +1026,8 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     jb[2] = job(L->up_sh, av_of(cs->f), cs->su, FF);
     const cudaStream_t ss = side_of(F);
     mv_job dsh = job(L->down_sh, av_of(cs->sh), cs->ysh, E);
+    const route_args ra = {K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
+                           hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts};
     bool routed = false; /* the router launch also routed the token */
     if (T == 1 && cm->router_alone && cu_router_decode_ok(L->router, av_of(cs->f))) {
         /* decode: the whole shared expert on the side stream, the router
@@ -1041,8 +1041,6 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         }
         kcheck(F, "shared expert");
         /* and the routing by the router's last block (DS4_CUDA_ROUTE_IN_ROUTER=0: its own launch) */
-        const route_args ra = {K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
-                               hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts};
         routed = cm->route_in_router && X <= 1024 && K <= ROUTE_MAX_K;
         if (!skipped("router", T)) cu_router_decode(sm, L->router, av_of(cs->f), cs->rl, routed ? &ra : NULL);
         kcheck(F, "router");
@@ -1057,9 +1055,7 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         }
         kcheck(F, "shared swiglu + down");
     }
-    if (!routed && !skipped("route", T))
-        cu_route(sm, cs->rl, T, X, K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
-                 hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts);
+    if (!routed && !skipped("route", T)) cu_route(sm, cs->rl, T, X, ra);
     kcheck(F, "route");
     if (T == 1) {
         mv_job g = job(L->gate_exps, av_of(cs->f), cs->g, FF);
@@ -1441,7 +1437,7 @@ extern "C" bool ds4_cuda_fake_fill(ds4_session *s, uint32_t n, uint64_t seed, ch
 
 extern "C" const char *ds4_cuda_step_names(void) {
     return "hc pre (attention);attention input projections;kv row + compressors;"
-           "q_a norm;q_b;q heads norm+rope;indexer scores + top-k;attention;out_a;quantize low;out_b;"
+           "q_a norm;q_b;q heads norm+rope;indexer queries;indexer scores + top-k;attention;out_a;quantize low;out_b;"
            "hc post (attention);hc pre (ffn);router;shared expert;route;experts gate/up;"
            "experts swiglu;experts down;expert sum + hc post (ffn)";
 }

@@ -330,8 +330,7 @@ void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);
 /* decode router logits y[n_out] = W x for one token (F16/BF16 W, n_in a
  * multiple of 2048 up to 256 RR_MAX_PER), a block a row */
 #define RR_MAX_PER 32
-bool cu_router_decode_ok(const dweight &w, const act_view &x);
-/* the routing of one token (cu_route's arguments) */
+/* what the routing needs besides the logits (cu_route, cu_router_decode) */
 typedef struct {
     uint32_t K;
     const int32_t *tokens, *tid2eid;
@@ -341,6 +340,7 @@ typedef struct {
     int32_t *ids; /* NULL: logits only */
     float *wts;
 } route_args;
+bool cu_router_decode_ok(const dweight &w, const act_view &x);
 /* ra: also route the token (by the block that finishes last; X = n_out <= 1024) */
 void cu_router_decode(cudaStream_t st, const dweight &w, const act_view &x, float *y, const route_args *ra = NULL);
 /* Routed experts over pairs sorted by expert: for every expert e, rows
@@ -422,9 +422,9 @@ typedef struct {
 } head_job;
 void cu_head_post2(cudaStream_t st, const head_job &a, const head_job &b, uint32_t T, const int64_t *pos0, float eps);
 
-/* Router: probabilities, selection (hash table or top-k of prob+bias), weights */
-void cu_route(cudaStream_t st, const float *logits, uint32_t T, uint32_t X, uint32_t K, const int32_t *tokens,
-              const int32_t *tid2eid, const float *bias, bool norm, float scale, int32_t *ids, float *wts);
+/* Router: probabilities, selection (hash table or top-k of prob+bias), weights
+ * of T tokens' logits [T][X] -> ra.ids / ra.wts [T][K] */
+void cu_route(cudaStream_t st, const float *logits, uint32_t T, uint32_t X, const route_args &ra);
 /* h[p][i] = silu(min(g,c)) * clamp(u,-c,c) * (wts ? wts[p] : 1), with h's quantized forms */
 void cu_swiglu(cudaStream_t st, const float *g, const float *u, const float *wts, uint32_t rows, uint32_t F, float c,
                dact &h);

@@ -153,7 +153,8 @@ extern "C" bool ds4_cuda_test_router_route(const ds4_weight *w, const float *x, 
         const route_args ra = {K, dtok, dt, db, norm, scale, di + rep * K, dwt + rep * K};
         cu_router_decode(S.st, dw, av_of(a), dy, &ra);
     }
-    cu_route(S.st, dy, 1, X, K, dtok, dt, db, norm, scale, di2, dwt2);
+    const route_args sep = {K, dtok, dt, db, norm, scale, di2, dwt2};
+    cu_route(S.st, dy, 1, X, sep);
     S.get(ids_in, di, 2 * K);
     S.get(wts_in, dwt, 2 * K);
     S.get(ids_sep, di2, K);
@@ -380,7 +381,8 @@ extern "C" bool ds4_cuda_test_route(const float *logits, uint32_t T, uint32_t X,
     int32_t *di = S.dev<int32_t>((size_t)T * K);
     float *dw = S.dev<float>((size_t)T * K);
     if (!S.ok) return false;
-    cu_route(S.st, dl, T, X, K, dt, dtab, db, norm, scale, di, dw);
+    const route_args ra = {K, dt, dtab, db, norm, scale, di, dw};
+    cu_route(S.st, dl, T, X, ra);
     S.get(ids, di, (size_t)T * K);
     S.get(wts, dw, (size_t)T * K);
     return S.ok;

@@ -707,7 +707,7 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
         qr[j] = hv ? qh[lane + 32 * j] : 0.0f;
         o[j] = 0.0f;
     }
-    if (ap.q_post) { /* the head's RMSNorm and RoPE (srow_rmsnorm, rope_pair: the same arithmetic) */
+    if (ap.q_post) { /* the head's RMSNorm (srow_rmsnorm's arithmetic) and RoPE (rope_pair) */
         double ss = 0;
 #pragma unroll
         for (int j = 0; j < DPL; j++) ss += (double)qr[j] * qr[j];
@@ -720,11 +720,10 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
             qr[j] = __fmul_rn(qr[j], sc);
             const float other = __shfl_xor_sync(0xffffffffu, qr[j], 1);
             const uint32_t d = lane + 32 * j;
-            if (d >= rope0) {
-                const float theta = __fmul_rn((float)pos, ap.inv_freq[(d - rope0) >> 1]);
-                const float cs = cosf(theta), sn = sinf(theta);
-                qr[j] = d & 1 ? __fadd_rn(__fmul_rn(other, sn), __fmul_rn(qr[j], cs))
-                              : __fsub_rn(__fmul_rn(qr[j], cs), __fmul_rn(other, sn));
+            if (d >= rope0) { /* the pair (even, odd) sits on lanes (lane & ~1, lane | 1) */
+                float a = d & 1 ? other : qr[j], b = d & 1 ? qr[j] : other;
+                rope_pair(a, b, pos, ap.inv_freq[(d - rope0) >> 1], false);
+                qr[j] = d & 1 ? b : a;
             }
         }
     }

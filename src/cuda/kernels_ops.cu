@@ -658,9 +658,10 @@ static __device__ __forceinline__ float softplusf_(float x) {
  * hash table, weights normalised (moe.c ds4_moe_route, same order). The
  * logits are read through L2 (the fused router writes them from other
  * blocks). */
-static __device__ void route_token(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens,
-                                   const int32_t *tid2eid, const float *bias, int norm, float scale, int32_t *ids,
-                                   float *wts, uint32_t t, float *s_prob) {
+static __device__ void route_token(const float *logits, uint32_t X, const route_args &ra, uint32_t t, float *s_prob) {
+    const uint32_t K = ra.K;
+    const int32_t *tid2eid = ra.tid2eid;
+    const float *bias = ra.bias;
     float *s_val = s_prob + X;
     __shared__ int s_ids[ROUTE_MAX_K];
     const int lane = threadIdx.x & 31;
@@ -674,7 +675,7 @@ static __device__ void route_token(const float *logits, uint32_t X, uint32_t K, 
     if (threadIdx.x >= 32) return;
     if (tid2eid) {
         if (lane < (int)K) {
-            const int32_t e = tid2eid[(size_t)tokens[t] * K + lane];
+            const int32_t e = tid2eid[(size_t)ra.tokens[t] * K + lane];
             s_ids[lane] = e >= 0 && (uint32_t)e < X ? e : 0;
         }
     } else {
@@ -703,25 +704,23 @@ static __device__ void route_token(const float *logits, uint32_t X, uint32_t K, 
     if (lane == 0) { /* moe.c ds4_moe_route, same order */
         float w[ROUTE_MAX_K], sum = 0;
         for (uint32_t i = 0; i < K; i++) sum += (w[i] = s_prob[s_ids[i]]);
-        const float nrm = norm ? 1.0f / (sum + 1e-20f) : 1.0f;
+        const float nrm = ra.norm ? 1.0f / (sum + 1e-20f) : 1.0f;
         for (uint32_t i = 0; i < K; i++) {
-            ids[(size_t)t * K + i] = s_ids[i];
-            wts[(size_t)t * K + i] = w[i] * (nrm * scale);
+            ra.ids[(size_t)t * K + i] = s_ids[i];
+            ra.wts[(size_t)t * K + i] = w[i] * (nrm * ra.scale);
         }
     }
 }
 
-__global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
-                             const float *bias, int norm, float scale, int32_t *ids, float *wts) {
+__global__ void route_kernel(const float *logits, uint32_t X, const route_args ra) {
     pdl_wait();
     pdl_trigger();
     extern __shared__ float s_prob[]; /* [X] prob, [X] prob+bias */
-    route_token(logits, X, K, tokens, tid2eid, bias, norm, scale, ids, wts, blockIdx.x, s_prob);
+    route_token(logits, X, ra, blockIdx.x, s_prob);
 }
 
-void cu_route(cudaStream_t st, const float *logits, uint32_t T, uint32_t X, uint32_t K, const int32_t *tokens,
-              const int32_t *tid2eid, const float *bias, bool norm, float scale, int32_t *ids, float *wts) {
-    cu_launch(route_kernel, T, 256, 2 * X * sizeof(float), st, logits, X, K, tokens, tid2eid, bias, norm, scale, ids, wts);
+void cu_route(cudaStream_t st, const float *logits, uint32_t T, uint32_t X, const route_args &ra) {
+    cu_launch(route_kernel, T, 256, 2 * X * sizeof(float), st, logits, X, ra);
 }
 
 /* Decode router: the logits of one token, a block per expert row, and (ra
@@ -794,7 +793,7 @@ __global__ void __launch_bounds__(256) router_rows_kernel(dweight w, const float
     __threadfence();
     if (threadIdx.x == 0) g_router_done = 0;
     extern __shared__ float s_prob[]; /* [X] prob, [X] prob+bias */
-    route_token(y, gridDim.x, ra.K, ra.tokens, ra.tid2eid, ra.bias, ra.norm, ra.scale, ra.ids, ra.wts, 0, s_prob);
+    route_token(y, gridDim.x, ra, 0, s_prob);
 }
 
 bool cu_router_decode_ok(const dweight &w, const act_view &x) {
