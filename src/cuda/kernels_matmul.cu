@@ -531,8 +531,9 @@ static __device__ __forceinline__ void load_iq2_tables(uint64_t *s_grid, uint64_
  * traffic at ~15% of DRAM bandwidth (ncu). Here a warp keeps its lanes'
  * activation slice in registers for all its rows, loads the next row's
  * weights before reducing the current one, and (IQ2_XXS) applies the signs
- * through a second dp4a on the masked grid bytes. Same integer sums and
- * per-block scaling as row_dot. */
+ * through a second dp4a on the masked grid bytes. Same integer sums as
+ * row_dot; IQ2_XXS scales each 32-value sub-block's sum in its own lane
+ * (Q2_K per 256-block, as row_dot). */
 
 /* byte i of the result is 0xff where bit i of the 4 bits b is set: bit i
  * lands on bit 8i + 7 of the product (no two partial products share a
@@ -603,9 +604,15 @@ static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t 
                 const uint64_t g = grid[(wv[v].x >> (8 * l)) & 0xff];
                 uint32_t mlo, mhi;
                 if (SMASK_ALU) {
-                    const uint32_t s7 = (wv[v].y >> (7 * l)) & 127u, s8 = s7 | ((__popc(s7) & 1u) << 7);
-                    mlo = bytemask4(s8);
-                    mhi = bytemask4(s8 >> 4);
+                    /* the low four signs as bytemask4; the high four are
+                     * stored bits 4..6 plus the parity bit: bits 4..6 go
+                     * to bits 7, 15, 23 by one product (the other partial
+                     * products land on distinct lower bits) and the parity
+                     * (popc's low bit) is added at bit 31 */
+                    const uint32_t sh = wv[v].y >> (7 * l);
+                    mlo = bytemask4(sh);
+                    const uint32_t hi = (sh & 0x70u) * 0x01020408u + (__popc(sh & 127u) << 31);
+                    asm("prmt.b32 %0, %1, 0, 0xBA98;" : "=r"(mhi) : "r"(hi));
                 } else {
                     const uint64_t sm = smask[(wv[v].y >> (7 * l)) & 127];
                     mlo = (uint32_t)sm;
@@ -617,11 +624,10 @@ static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t 
                 sn = dp4a((int)(glo & mlo), xs[2 * l], sn);
                 sn = dp4a((int)(ghi & mhi), xs[2 * l + 1], sn);
             }
-            int s = (sp - 2 * sn) * (2 * (int)(wv[v].y >> 28) + 1);
-            s += __shfl_xor_sync(FULL, s, 1);
-            s += __shfl_xor_sync(FULL, s, 2);
-            s += __shfl_xor_sync(FULL, s, 4);
-            if (32 * v + lane < nsub && (lane & 7) == 0) acc += (dw[v] * dk[v]) * (float)s;
+            /* each lane scales its own sub-block's sum (exact in float,
+             * |s| < 2^24): no butterfly over the 8 lanes of a 256-block */
+            const int s = (sp - 2 * sn) * (2 * (int)(wv[v].y >> 28) + 1);
+            acc = fmaf(dw[v] * dk[v], (float)s, acc);
         }
         const float y = warp_sum(acc) * 0.125f;
         if (lane == 0) J.y[(size_t)(pair * J.y_pair) * J.y_stride + r] = y;
