@@ -59,6 +59,7 @@ typedef struct cu_model : cu_alloc {
     bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
     bool q_in_attn;     /* decode: the attention kernel does the query heads' norm + RoPE (DS4_CUDA_Q_IN_ATTN != 0) */
     bool route_in_router; /* decode: the router's last block routes the token (DS4_CUDA_ROUTE_IN_ROUTER != 0) */
+    bool hc_gram;       /* decode: hc_post forms R's Gram partials, hc_pre collapses over many blocks (DS4_CUDA_HC_GRAM != 0) */
 } cu_model;
 
 static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -285,6 +286,7 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->router_alone = switch_on("DS4_CUDA_ROUTER_ALONE");
     cm->q_in_attn = switch_on("DS4_CUDA_Q_IN_ATTN");
     cm->route_in_router = switch_on("DS4_CUDA_ROUTE_IN_ROUTER");
+    cm->hc_gram = switch_on("DS4_CUDA_HC_GRAM");
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -446,6 +448,7 @@ typedef struct {
     float *R, *mix, *pre, *post, *comb, *kvb, *q, *pkv, *psc, *ikv, *isc, *wi, *qi, *pooled, *ipooled, *scores;
     float *part, *y, *rl, *sg, *su, *g, *u, *ye, *ysh, *wts, *logits, *hcpart, *amax;
     size_t part_floats;
+    double *hcgram; /* the Gram partials of R a decode hc_post forms for the next hc_pre */
     int32_t *ids, *cnt, *off, *list;
     uint32_t *sel, *n_sel;
     dact a, qa, o, low, f, sh, h, hx;
@@ -532,6 +535,7 @@ static void layout_scratch(const ds4_session *s, cu_session *cs, carve *c) {
     cs->mix = (float *)take(c, (size_t)T * M * 4);
     cs->hcpart = (float *)take(c, cu_hc_part_floats(T, M > C ? M : C, C, E) * 4);
     cs->amax = (float *)take(c, cu_argmax_scratch_floats(1) * 4);
+    cs->hcgram = (double *)take(c, cu_hc_gram_doubles(C, E) * 8);
     cs->pre = (float *)take(c, (size_t)T * C * 4);
     cs->post = (float *)take(c, (size_t)T * C * 4);
     cs->comb = (float *)take(c, (size_t)T * C * C * 4);
@@ -722,6 +726,7 @@ typedef struct {
     std::vector<prof_mark> *marks; /* ds4_cuda_profile_decode: an event after each step */
     uint32_t mix_S; /* cs->hcpart holds the next hyper-connection's mix partials
                        (from the last hc_post), in mix_S slices; 0: not formed */
+    bool gram;      /* cs->hcgram holds R's Gram partials (from the last hc_post) */
 } fwd;
 
 /* The side stream for a layer's independent branches; the main stream when
@@ -882,7 +887,9 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     hc_params hcp = {L->hc_attn_scale, L->hc_attn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
     F->mix_S = 0;
     if (!skipped("hc pre (attention)", T))
-        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, cs->a);
+        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, cs->a,
+                  F->gram ? cs->hcgram : NULL);
+    F->gram = false;
     kcheck(F, "hc pre (attention)");
 
     mv_job jb[8];
@@ -995,8 +1002,10 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     if (!skipped("out_b", T)) cu_matvec(sm, jb, 1, T);
     kcheck(F, "out_b");
-    F->mix_S = skipped("hc post (attention)", T) ? cu_hc_post_splits(E)
-                                                 : cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart);
+    F->mix_S = skipped("hc post (attention)", T)
+                   ? cu_hc_post_splits(E)
+                   : cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart, NULL, NULL, 0,
+                                cm->hc_gram ? cs->hcgram : NULL, &F->gram);
     kcheck(F, "hc post (attention)");
 }
 
@@ -1017,7 +1026,9 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     hc_params hcp = {L->hc_ffn_scale, L->hc_ffn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
     F->mix_S = 0;
     if (!skipped("hc pre (ffn)", T))
-        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->ffn_norm, eps, cs->pre, cs->post, cs->comb, cs->f);
+        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->ffn_norm, eps, cs->pre, cs->post, cs->comb, cs->f,
+                  F->gram ? cs->hcgram : NULL);
+    F->gram = false;
     kcheck(F, "hc pre (ffn)");
     mv_job jb[4];
     jb[0] = job(L->router, av_of(cs->f), cs->rl, X);
@@ -1099,7 +1110,8 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     /* the expert sum (shared + routed rows in the CPU's order) happens inside */
     F->mix_S = skipped("expert sum + hc post (ffn)", T)
                    ? cu_hc_post_splits(E)
-                   : cu_hc_post(sm, cs->R, cs->ysh, cs->post, cs->comb, T, C, E, next, cs->hcpart, cs->ye, cs->ids, K);
+                   : cu_hc_post(sm, cs->R, cs->ysh, cs->post, cs->comb, T, C, E, next, cs->hcpart, cs->ye, cs->ids, K,
+                                cm->hc_gram && il + 1 < hp->n_layer ? cs->hcgram : NULL, &F->gram);
     kcheck(F, "expert sum + hc post (ffn)");
 }
 

@@ -210,11 +210,12 @@ static __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_floa
 static __device__ __forceinline__ float round_f16(float x) { return __half2float(__float2half_rn(x)); }
 
 /* Quantizes a finished shared-memory row into the Q8_0 / Q8_K forms of an
- * activation (either may be NULL), one warp per block, with exactly the
- * arithmetic of quantize_kernel (kernels_matmul.cu). Needs no barrier. */
-static __device__ __forceinline__ void srow_quantize(const float *x, uint32_t n, int8_t *q8, float *d8, int8_t *qk, float *dk,
-                                     int32_t *bk) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+ * activation (either may be NULL), one warp per block (warps wid, wid + nw,
+ * ...), with exactly the arithmetic of quantize_kernel (kernels_matmul.cu).
+ * Needs no barrier. */
+static __device__ __forceinline__ void srow_quantize_warps(const float *x, uint32_t n, int8_t *q8, float *d8, int8_t *qk,
+                                                           float *dk, int32_t *bk, uint32_t wid, uint32_t nw) {
+    const int lane = threadIdx.x & 31;
     if (q8 && n % 32 == 0)
         for (uint32_t b = wid; b < n / 32; b += nw) {
             const float v = x[b * 32 + lane];
@@ -255,6 +256,11 @@ static __device__ __forceinline__ void srow_quantize(const float *x, uint32_t n,
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             if (!(lane & 1)) bk[b * 16 + lane / 2] = sum;
         }
+}
+/* ... by all warps of the block */
+static __device__ __forceinline__ void srow_quantize(const float *x, uint32_t n, int8_t *q8, float *d8, int8_t *qk, float *dk,
+                                     int32_t *bk) {
+    srow_quantize_warps(x, n, q8, d8, qk, dk, bk, threadIdx.x >> 5, blockDim.x >> 5);
 }
 
 /* the row-t slices of an activation's quantized forms */
@@ -395,17 +401,26 @@ uint32_t cu_hc_mix(cudaStream_t st, const dweight &fn, const float *R, uint32_t 
 uint32_t cu_hc_post_splits(uint32_t E);
 size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t C, uint32_t E);
 /* mix from the partials, split into pre/post/comb, x[t] = Σ pre R[t], then
- * out = RMSNorm(x; norm) with its quantized forms */
+ * out = RMSNorm(x; norm) with its quantized forms. With gram (one token,
+ * from cu_hc_post) the sum of squares of x is the quadratic form pre^T G
+ * pre, so the collapse runs over many blocks with no reduction after it. */
 void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const float *R, uint32_t T, uint32_t E,
-               const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out);
+               const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out,
+               const double *gram = NULL);
+/* the Gram partials cu_hc_post forms for a decode step: [C (C + 1) / 2][S]
+ * doubles (G[b][b'] = sum over e of R[b][e] R[b'][e], b <= b') */
+size_t cu_hc_gram_doubles(uint32_t C, uint32_t E);
 /* R = post y + comb^T R; with next_fn (M <= 80 rows) also the next
  * hyper-connection's mix partials into part (returns their slice count for
  * hc_params.S / cu_head_hc, 0 when not formed); with ye (K <= 16 pairs a
  * token) y is the shared expert's output and the routed rows ye[t*K+k] are
- * added in cu_moe_sum's order first */
+ * added in cu_moe_sum's order first; with gram (cu_hc_gram_doubles) and one
+ * token also the Gram partials of the new R, *gram_formed saying whether
+ * they were formed (4 streams with the mix) */
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
                     uint32_t C, uint32_t E, const dweight *next_fn = NULL, float *part = NULL,
-                    const float *ye = NULL, const int32_t *ids = NULL, uint32_t K = 0);
+                    const float *ye = NULL, const int32_t *ids = NULL, uint32_t K = 0, double *gram = NULL,
+                    bool *gram_formed = NULL);
 /* rows x n: out = RMSNorm(x; w) (w may be NULL) with its quantized forms; x may be out.f */
 void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps);
 /* Per head of T x H heads of dim D: RMSNorm (no weight, if norm), RoPE tail

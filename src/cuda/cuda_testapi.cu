@@ -569,8 +569,9 @@ extern "C" bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, 
 extern "C" bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T,
                                             uint32_t C, uint32_t E, const ds4_weight *fn, const float *scale,
                                             const float *base, uint32_t iters, float rms_eps, float hc_eps,
-                                            const float *norm, bool head, float *pre2, float *post2, float *comb2,
-                                            float *out, char *err, size_t errlen) {
+                                            const float *norm, bool head, bool gram, float *pre2, float *post2,
+                                            float *comb2, float *out, int8_t *out_q8, float *out_qk_scale, char *err,
+                                            size_t errlen) {
     scope S(err, errlen);
     dweight dw;
     if (!S.weight(fn, &dw)) return false;
@@ -582,22 +583,31 @@ extern "C" bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const floa
     float *dpre2 = S.dev<float>(T * C), *dpost2 = S.dev<float>(T * C), *dcomb2 = S.dev<float>(T * C * C);
     dact dout = S.act(T, E, nullptr);
     if (!S.ok) return false;
-    const uint32_t Sp = cu_hc_post(S.st, dR, dy, dpost, dcomb, T, C, E, &dw, part);
+    double *dgram = gram ? S.dev<double>(cu_hc_gram_doubles(C, E)) : NULL;
+    if (!S.ok) return false;
+    bool gram_formed = false;
+    const uint32_t Sp = cu_hc_post(S.st, dR, dy, dpost, dcomb, T, C, E, &dw, part, NULL, NULL, 0, dgram, &gram_formed);
     if (!Sp) {
         snprintf(err, errlen, "hc_post did not form the mix partials");
+        return false;
+    }
+    if (gram && !gram_formed) {
+        snprintf(err, errlen, "hc_post did not form the Gram partials");
         return false;
     }
     if (head) {
         cu_head_hc(S.st, dw, dsc, dbase, dR, T, C, E, rms_eps, hc_eps, dnorm, part, dout, Sp);
     } else {
         hc_params hp = {dsc, dbase, C, iters, hc_eps, Sp};
-        cu_hc_pre(S.st, hp, part, dR, T, E, dnorm, rms_eps, dpre2, dpost2, dcomb2, dout);
+        cu_hc_pre(S.st, hp, part, dR, T, E, dnorm, rms_eps, dpre2, dpost2, dcomb2, dout, dgram);
         S.get(pre2, dpre2, T * C);
         S.get(post2, dpost2, T * C);
         S.get(comb2, dcomb2, T * C * C);
     }
     S.get(R, dR, (size_t)T * C * E);
     S.get(out, dout.f, (size_t)T * E);
+    if (out_q8 && dout.q8) S.get(out_q8, dout.q8, (size_t)T * E);
+    if (out_qk_scale && dout.qk) S.get(out_qk_scale, dout.dk, (size_t)T * E / 256);
     return S.ok;
 }
 

@@ -217,8 +217,88 @@ __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const
     srow_quantize(s_x, E, q.q8, q.d8, q.qk, q.dk, q.bk);
 }
 
+/* One token with the Gram partials of R (hc_post's): blocks [0, E/256)
+ * each collapse 256 columns, the last block runs the Sinkhorn split. The
+ * RMSNorm's sum of squares of x = sum_c pre_c R_c is pre^T G pre (double,
+ * from G's exact products), so a block needs no other block's columns:
+ * loads of R and of the partials in flight together, one barrier, then the
+ * block's Q8_0 blocks and Q8_K block. The mix and pre weights are
+ * hc_pre_kernel's arithmetic; the norm's scale differs from the sum over
+ * the rounded x by double rounding only. */
+#define HCG_COLS 256
+template <uint32_t C>
+__global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, const float *part, const double *gram,
+                                                              const float *R, uint32_t E, const float *norm, float eps,
+                                                              float *pre, float *post, float *comb, dact out) {
+    constexpr uint32_t M = (2 + C) * C, NG = C * (C + 1) / 2, ROWS = C + 1 + NG;
+    const uint32_t nb = gridDim.x - 1, S = hp.S, e0 = blockIdx.x * HCG_COLS, e = e0 + threadIdx.x;
+    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const float w = blockIdx.x < nb && norm ? norm[e] : 1.0f; /* a weight: before pdl_wait */
+    pdl_wait();
+    pdl_trigger();
+    if (blockIdx.x == nb) { /* the Sinkhorn split (post, comb) and pre */
+        __shared__ float s_mix[HC_MIX_MAX], s_pre[HC_MAX], s_post[HC_MAX], s_comb[HC_MAX * HC_MAX];
+        hc_mix_finish(part, 1, M, S, C * E, eps, 0, s_mix);
+        if (wid) return;
+        hc_split_warp(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
+        __syncwarp();
+        if (lane < C) {
+            pre[lane] = s_pre[lane];
+            post[lane] = s_post[lane];
+        }
+        if (lane < C * C) comb[lane] = s_comb[lane];
+        return;
+    }
+    float v[C];
+#pragma unroll
+    for (uint32_t c = 0; c < C; c++) v[c] = R[(size_t)c * E + e];
+    /* the partials' sums: mix rows 0..C-1 (hc_mix_finish's order), the sum
+     * of squares of R, the Gram entries */
+    __shared__ double s_d[ROWS];
+    __shared__ float s_x[HCG_COLS];
+    const double *ssp = (const double *)(part + (((size_t)M * S + 1) & ~(size_t)1));
+    for (uint32_t r = wid; r < ROWS; r += HCG_COLS / 32) {
+        double d = 0;
+        for (uint32_t sp = lane; sp < S; sp += 32)
+            d += r < C ? (double)part[(size_t)r * S + sp] : r == C ? ssp[sp] : gram[(size_t)(r - C - 1) * S + sp];
+        d = warp_sum_d(d);
+        if (lane == 0) s_d[r] = d;
+    }
+    __syncthreads();
+    const float rinv = (float)(1.0 / sqrt(s_d[C] / (C * E) + (double)eps));
+    float p[C];
+#pragma unroll
+    for (uint32_t c = 0; c < C; c++) p[c] = sigmoidf_(((float)s_d[c] * rinv) * hp.scale[0] + hp.base[c]) + hp.eps;
+    double ssx = 0;
+#pragma unroll
+    for (uint32_t b = 0; b < C; b++)
+#pragma unroll
+        for (uint32_t b2 = b; b2 < C; b2++) {
+            const double g = s_d[C + 1 + b * C - b * (b - 1) / 2 + (b2 - b)];
+            ssx += (b == b2 ? 1.0 : 2.0) * ((double)p[b] * p[b2]) * g;
+        }
+    const float scale = (float)(1.0 / sqrt(ssx / E + (double)eps));
+    float x = 0;
+#pragma unroll
+    for (uint32_t c = 0; c < C; c++) x += p[c] * v[c];
+    const float y = norm ? __fmul_rn(__fmul_rn(x, scale), w) : __fmul_rn(x, scale);
+    out.f[e] = y;
+    s_x[threadIdx.x] = y;
+    __syncthreads();
+    const qrow q = qrow_of(out, 0);
+    srow_quantize_warps(s_x, HCG_COLS, q.q8 ? q.q8 + e0 : NULL, q.q8 ? q.d8 + e0 / 32 : NULL, q.qk ? q.qk + e0 : NULL,
+                        q.qk ? q.dk + e0 / 256 : NULL, q.qk ? q.bk + e0 / 16 : NULL, wid, HCG_COLS / 32);
+}
+
+size_t cu_hc_gram_doubles(uint32_t C, uint32_t E) { return (size_t)C * (C + 1) / 2 * cu_hc_post_splits(E); }
+
 void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const float *R, uint32_t T, uint32_t E,
-               const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out) {
+               const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out, const double *gram) {
+    if (gram && T == 1 && hp.C == 4 && hp.S && E % HCG_COLS == 0) {
+        cu_launch(hc_pre_gram_kernel<4>, E / HCG_COLS + 1, HCG_COLS, 0, st, hp, part, gram, R, E, norm, rms_eps, pre,
+                  post, comb, out);
+        return;
+    }
     /* decode: 1024 threads shorten the one token's chain; chunks: 256 (8
      * blocks an SM hide each other's latency: 0.30 ms a 2048-token chunk
      * with 1024) */
@@ -374,7 +454,7 @@ template <uint32_t CT, int FT, uint32_t WPT>
 __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const float *y, const float *post,
                                                                 const float *comb, uint32_t E, dweight fn, float *part,
                                                                 const float *ye, const int32_t *ids, uint32_t K,
-                                                                uint32_t T) {
+                                                                uint32_t T, double *gram) {
     constexpr uint32_t ES = FT == 0 ? 4 : 2;
     constexpr uint32_t TPB = WPT == 1 ? HCPT_TOKENS : 1; /* tokens a block */
     extern __shared__ __align__(16) unsigned char s_fn[];
@@ -449,6 +529,18 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
             const double dd = warp_sum_d((double)d);
             if (lane == 0) part[((size_t)t * M + m) * S + blockIdx.x] = (float)dd;
         }
+        if (WPT > 1 && gram) { /* one token: the Gram partials, entry i by warp i % WPT */
+#pragma unroll
+            for (uint32_t b = 0; b < CT; b++)
+#pragma unroll
+                for (uint32_t b2 = b; b2 < CT; b2++) {
+                    const uint32_t i = b * CT - b * (b - 1) / 2 + (b2 - b);
+                    if (i % WPT != phase) continue;
+                    double g = (double)nv[b][0] * nv[b2][0] + (double)nv[b][1] * nv[b2][1];
+                    g = warp_sum_d(g);
+                    if (lane == 0) gram[(size_t)i * S + blockIdx.x] = g;
+                }
+        }
         if (phase) continue;
         double ss = 0;
 #pragma unroll
@@ -466,20 +558,22 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
 template <uint32_t CT, int FT, uint32_t WPT>
 static void hc_post_tok_launch(dim3 grid, size_t smem, cudaStream_t st, float *R, const float *y, const float *post,
                                const float *comb, uint32_t E, const dweight &fn, float *part, const float *ye,
-                               const int32_t *ids, uint32_t K, uint32_t T) {
+                               const int32_t *ids, uint32_t K, uint32_t T, double *gram) {
     static bool attr = false;
     if (!attr) {
         cudaFuncSetAttribute(hc_post_tok_kernel<CT, FT, WPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, HCP_FN_SMEM);
         attr = true;
     }
-    cu_launch(hc_post_tok_kernel<CT, FT, WPT>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T);
+    cu_launch(hc_post_tok_kernel<CT, FT, WPT>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T,
+              gram);
 }
 
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
                     uint32_t C, uint32_t E, const dweight *next_fn, float *part, const float *ye, const int32_t *ids,
-                    uint32_t K) {
+                    uint32_t K, double *gram, bool *gram_formed) {
     dweight none;
     memset(&none, 0, sizeof none);
+    if (gram_formed) *gram_formed = false;
     const bool mix = next_fn && next_fn->q && next_fn->n_out <= HC_MIX_MAX && part;
     const uint32_t TB = T >= 64 ? 8 : 1; /* tokens a block */
     dim3 grid(cu_hc_post_splits(E), (T + TB - 1) / TB);
@@ -515,14 +609,16 @@ uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post
         const int ft = !mix || es == 4 ? 0 : next_fn->type == DS4_TYPE_BF16 ? 2 : 1;
         if (T > 1) {
             const dim3 g2(grid.x, (T + HCPT_TOKENS - 1) / HCPT_TOKENS);
-            if (ft == 0) hc_post_tok_launch<4, 0, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
-            else if (ft == 2) hc_post_tok_launch<4, 2, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
-            else hc_post_tok_launch<4, 1, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+            if (ft == 0) hc_post_tok_launch<4, 0, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
+            else if (ft == 2) hc_post_tok_launch<4, 2, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
+            else hc_post_tok_launch<4, 1, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
         } else {
             const dim3 g1(grid.x, T);
-            if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
-            else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
-            else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T);
+            double *gr = mix ? gram : NULL;
+            if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
+            else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
+            else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
+            if (gram_formed) *gram_formed = gr != NULL;
         }
         return mix ? grid.x : 0;
     }

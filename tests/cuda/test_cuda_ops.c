@@ -413,8 +413,8 @@ static void test_hc(void) {
     char err[256], name[96];
     /* T = 1: the decode kernels; T > 1: hc_post's warp-per-token kernel
      * (37: a partial block of 16 tokens, E = 288: a partial column block) */
-    static const uint32_t Es[] = {256, 4096, 288}, Ts[] = {1, 3, 37};
-    for (int ei = 0; ei < 3; ei++) {
+    static const uint32_t Es[] = {256, 4096, 288, 4096}, Ts[] = {1, 3, 37, 1};
+    for (int ei = 0; ei < 4; ei++) {
         const uint32_t C = 4, E = Es[ei], M = (2 + C) * C, T = Ts[ei], iters = 20;
         void *mem;
         ds4_weight fn = make_weight(DS4_TYPE_F16, C * E, M, 1, 1.0f / sqrtf((float)(C * E)), &mem);
@@ -465,8 +465,10 @@ static void test_hc(void) {
             float *gpost2 = falloc(T * C), *gcomb2 = falloc(T * C * C), *gout2 = falloc((size_t)T * E);
             memcpy(Rf, Rorig, (size_t)T * C * E * 4);
             cpu_hc_pre(&fn, scale, base, R, T, C, E, iters, norm, flat, mix, pre2, post2, comb2, out2);
+            int8_t *q8a = malloc((size_t)T * E), *q8b = malloc((size_t)T * E);
+            float *dka = falloc((size_t)T * E / 256 + 1), *dkb = falloc((size_t)T * E / 256 + 1);
             ok = ds4_cuda_test_hc_post_fused(Rf, y, post, comb, T, C, E, &fn, scale, base, iters, 1e-6f, 1e-6f, norm,
-                                             false, gpre2, gpost2, gcomb2, gout2, err, sizeof err);
+                                             false, false, gpre2, gpost2, gcomb2, gout2, q8a, dka, err, sizeof err);
             snprintf(name, sizeof name, "hc_post + next mix E=%u T=%u: R", E, T);
             if (ok) compare(name, Rf, R, (size_t)T * C * E, 1e-6, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
             snprintf(name, sizeof name, "hc_post + next mix E=%u: pre", E);
@@ -475,6 +477,38 @@ static void test_hc(void) {
             if (ok) compare(name, gcomb2, comb2, T * C * C, 1e-5, 0, 0);
             snprintf(name, sizeof name, "hc_post + next mix E=%u: collapsed + RMSNorm", E);
             if (ok) compare(name, gout2, out2, (size_t)T * E, 2e-5, 0, 0);
+            if (T == 1 && E % 256 == 0) {
+                /* decode: hc_post also forms R's Gram partials and hc_pre
+                 * collapses over many blocks with them: against the CPU, and
+                 * its quantized forms against the one-block path's (equal
+                 * unless the norm's scale moved a rounding tie) */
+                const bool ok1 = ok;
+                memcpy(Rf, Rorig, (size_t)T * C * E * 4);
+                ok = ds4_cuda_test_hc_post_fused(Rf, y, post, comb, T, C, E, &fn, scale, base, iters, 1e-6f, 1e-6f,
+                                                 norm, false, true, gpre2, gpost2, gcomb2, gout2, q8b, dkb, err,
+                                                 sizeof err);
+                snprintf(name, sizeof name, "hc_post + Gram, hc_pre over blocks E=%u: R", E);
+                if (ok) compare(name, Rf, R, (size_t)T * C * E, 1e-6, 0, 0); else report(name, INFINITY, 0, 0, 0, err);
+                snprintf(name, sizeof name, "hc_post + Gram, hc_pre over blocks E=%u: pre", E);
+                if (ok) compare(name, gpre2, pre2, T * C, 1e-5, 0, 0);
+                snprintf(name, sizeof name, "hc_post + Gram, hc_pre over blocks E=%u: post", E);
+                if (ok) compare(name, gpost2, post2, T * C, 1e-5, 0, 0);
+                snprintf(name, sizeof name, "hc_post + Gram, hc_pre over blocks E=%u: comb", E);
+                if (ok) compare(name, gcomb2, comb2, T * C * C, 1e-5, 0, 0);
+                snprintf(name, sizeof name, "hc_post + Gram, hc_pre over blocks E=%u: collapsed + RMSNorm", E);
+                if (ok) compare(name, gout2, out2, (size_t)T * E, 2e-5, 0, 0);
+                if (ok && ok1) {
+                    float *fa = falloc((size_t)T * E), *fb = falloc((size_t)T * E);
+                    for (size_t i = 0; i < (size_t)T * E; i++) fa[i] = q8a[i], fb[i] = q8b[i];
+                    snprintf(name, sizeof name, "hc_post + Gram, hc_pre over blocks E=%u: Q8_0 values", E);
+                    compare(name, fb, fa, (size_t)T * E, 0, 0.5 / 127, 2.5 / E); /* a rounding tie or two */
+                    snprintf(name, sizeof name, "hc_post + Gram, hc_pre over blocks E=%u: Q8_K scales", E);
+                    compare(name, dkb, dka, (size_t)T * E / 256, 1e-6, 0, 0);
+                    free(fa);
+                    free(fb);
+                }
+            }
+            free(q8a); free(q8b); free(dka); free(dkb);
             free(Rf); free(pre2); free(post2); free(comb2); free(out2); free(gpre2); free(gpost2); free(gcomb2); free(gout2);
         }
         free(y);
@@ -546,8 +580,8 @@ static void test_head_hc(void) {
             }
         }
     cpu_head_hc(&fn, scale, base, R, T, C, E, norm, flat, mix, x);
-    ok = ds4_cuda_test_hc_post_fused(Rg, y, post, comb, T, C, E, &fn, &scale, base, 0, 1e-6f, 1e-6f, norm, true, NULL,
-                                     NULL, NULL, gx, err, sizeof err);
+    ok = ds4_cuda_test_hc_post_fused(Rg, y, post, comb, T, C, E, &fn, &scale, base, 0, 1e-6f, 1e-6f, norm, true, false, NULL,
+                                     NULL, NULL, gx, NULL, NULL, err, sizeof err);
     if (ok) compare("hc_post + output head mix: head", gx, x, (size_t)T * E, 2e-5, 0, 0);
     else report("hc_post + output head mix: head", INFINITY, 0, 0, 0, err);
     free(y);
