@@ -60,6 +60,7 @@ typedef struct cu_model : cu_alloc {
     bool q_in_attn;     /* decode: the attention kernel does the query heads' norm + RoPE (DS4_CUDA_Q_IN_ATTN != 0) */
     bool route_in_router; /* decode: the router's last block routes the token (DS4_CUDA_ROUTE_IN_ROUTER != 0) */
     bool hc_gram;       /* decode: hc_post forms R's Gram partials, hc_pre collapses over many blocks (DS4_CUDA_HC_GRAM != 0) */
+    bool split_side;    /* ... and the Sinkhorn split runs on the side stream (DS4_CUDA_HC_SPLIT_SIDE != 0) */
 } cu_model;
 
 static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -287,6 +288,7 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->q_in_attn = switch_on("DS4_CUDA_Q_IN_ATTN");
     cm->route_in_router = switch_on("DS4_CUDA_ROUTE_IN_ROUTER");
     cm->hc_gram = switch_on("DS4_CUDA_HC_GRAM");
+    cm->split_side = switch_on("DS4_CUDA_HC_SPLIT_SIDE");
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -886,9 +888,11 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     hc_params hcp = {L->hc_attn_scale, L->hc_attn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
     F->mix_S = 0;
+    /* with the Gram path the Sinkhorn split (read first by hc_post) goes on the side branch */
+    const bool split_side = F->gram && cm->split_side && cu_hc_pre_gram_ok(hcp, T, E) && !skipped("hc pre (attention)", T);
     if (!skipped("hc pre (attention)", T))
         cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, cs->a,
-                  F->gram ? cs->hcgram : NULL);
+                  F->gram ? cs->hcgram : NULL, split_side);
     F->gram = false;
     kcheck(F, "hc pre (attention)");
 
@@ -927,6 +931,10 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
             cu_compress(ss, *cj, T, cs->pos0);
             kcheck(F, cj == &ca ? "attention compressor" : "indexer compressor");
         }
+    }
+    if (split_side) {
+        cu_hc_split(ss, hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
+        kcheck(F, "hc split (attention)");
     }
     /* main branch: the queries */
     if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, cs->qa, L->q_a_norm, T, Q, eps);
@@ -1025,9 +1033,10 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     hc_params hcp = {L->hc_ffn_scale, L->hc_ffn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
     F->mix_S = 0;
+    const bool split_side = F->gram && cm->split_side && cu_hc_pre_gram_ok(hcp, T, E) && !skipped("hc pre (ffn)", T);
     if (!skipped("hc pre (ffn)", T))
         cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->ffn_norm, eps, cs->pre, cs->post, cs->comb, cs->f,
-                  F->gram ? cs->hcgram : NULL);
+                  F->gram ? cs->hcgram : NULL, split_side);
     F->gram = false;
     kcheck(F, "hc pre (ffn)");
     mv_job jb[4];
@@ -1104,6 +1113,10 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_moe_mm(sm, L->down_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->h), 1, cs->ye, E, T);
     }
     kcheck(F, "experts down");
+    if (split_side) { /* the Sinkhorn split for this layer's hc_post, last on the side branch */
+        cu_hc_split(ss, hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
+        kcheck(F, "hc split (ffn)");
+    }
     join_side(F, 1);
     /* the next mix: the next layer's attention, or the output head of a decode step */
     const dweight *next = il + 1 < hp->n_layer ? &cm->L[il + 1].hc_attn_fn : T == 1 ? &cm->out_hc_fn : NULL;

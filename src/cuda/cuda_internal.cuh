@@ -406,7 +406,13 @@ size_t cu_hc_part_floats(uint32_t T, uint32_t M, uint32_t C, uint32_t E);
  * pre, so the collapse runs over many blocks with no reduction after it. */
 void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const float *R, uint32_t T, uint32_t E,
                const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out,
-               const double *gram = NULL);
+               const double *gram = NULL, bool split_elsewhere = false);
+/* whether cu_hc_pre takes the Gram path (then split_elsewhere leaves the
+ * Sinkhorn split, post and comb, to cu_hc_split: only the next hc_post reads
+ * them, so it may run on the side stream) */
+bool cu_hc_pre_gram_ok(const hc_params &hp, uint32_t T, uint32_t E);
+void cu_hc_split(cudaStream_t st, const hc_params &hp, const float *part, uint32_t E, float rms_eps, float *pre,
+                 float *post, float *comb);
 /* the Gram partials cu_hc_post forms for a decode step: [C (C + 1) / 2][S]
  * doubles (G[b][b'] = sum over e of R[b][e] R[b'][e], b <= b') */
 size_t cu_hc_gram_doubles(uint32_t C, uint32_t E);

@@ -569,7 +569,7 @@ extern "C" bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, 
 extern "C" bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T,
                                             uint32_t C, uint32_t E, const ds4_weight *fn, const float *scale,
                                             const float *base, uint32_t iters, float rms_eps, float hc_eps,
-                                            const float *norm, bool head, bool gram, float *pre2, float *post2,
+                                            const float *norm, bool head, int gram, float *pre2, float *post2,
                                             float *comb2, float *out, int8_t *out_q8, float *out_qk_scale, char *err,
                                             size_t errlen) {
     scope S(err, errlen);
@@ -599,7 +599,8 @@ extern "C" bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const floa
         cu_head_hc(S.st, dw, dsc, dbase, dR, T, C, E, rms_eps, hc_eps, dnorm, part, dout, Sp);
     } else {
         hc_params hp = {dsc, dbase, C, iters, hc_eps, Sp};
-        cu_hc_pre(S.st, hp, part, dR, T, E, dnorm, rms_eps, dpre2, dpost2, dcomb2, dout, dgram);
+        cu_hc_pre(S.st, hp, part, dR, T, E, dnorm, rms_eps, dpre2, dpost2, dcomb2, dout, dgram, gram == 2);
+        if (gram == 2) cu_hc_split(S.st, hp, part, E, rms_eps, dpre2, dpost2, dcomb2);
         S.get(pre2, dpre2, T * C);
         S.get(post2, dpost2, T * C);
         S.get(comb2, dcomb2, T * C * C);

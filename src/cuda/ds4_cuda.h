@@ -137,7 +137,7 @@ bool ds4_cuda_test_head_hc(const ds4_weight *fn, const float *scale, const float
 /* hc_post forming the next mix (fn), then hc_pre (head false) or the output
  * HC head (head true) from those partials; R updated in place. gram (T = 1,
  * C = 4): hc_post also forms R's Gram partials and hc_pre collapses over many
- * blocks with them (the decode path). out_q8 (T * E bytes) and out_qk_scale
+ * blocks with them (the decode path; 2: the Sinkhorn split its own launch). out_q8 (T * E bytes) and out_qk_scale
  * (T * E / 256), when not NULL, receive out's Q8_0 values and Q8_K scales. */
 /* a decode launch: expert pairs (ids, x per pair or shared) and a dense job
  * on rows [3, n_out) of the last matrix, T = 1 */
@@ -158,7 +158,7 @@ bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_
 bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T, uint32_t C,
                                  uint32_t E, const ds4_weight *fn, const float *scale, const float *base,
                                  uint32_t iters, float rms_eps, float hc_eps, const float *norm, bool head,
-                                 bool gram, float *pre2, float *post2, float *comb2, float *out, int8_t *out_q8,
+                                 int gram, float *pre2, float *post2, float *comb2, float *out, int8_t *out_q8,
                                  float *out_qk_scale, char *err, size_t errlen);
 bool ds4_cuda_test_argmax(const float *x, uint32_t rows, uint32_t n, int32_t *out, char *err, size_t errlen);
 

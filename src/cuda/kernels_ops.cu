@@ -217,8 +217,9 @@ __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const
     srow_quantize(s_x, E, q.q8, q.d8, q.qk, q.dk, q.bk);
 }
 
-/* One token with the Gram partials of R (hc_post's): blocks [0, E/256)
- * each collapse 256 columns, the last block runs the Sinkhorn split. The
+/* One token with the Gram partials of R (hc_post's): blocks [0, ncb) each
+ * collapse 256 columns, block ncb (when launched) runs the Sinkhorn split
+ * (alone: cu_hc_split, on the side stream). The
  * RMSNorm's sum of squares of x = sum_c pre_c R_c is pre^T G pre (double,
  * from G's exact products), so a block needs no other block's columns:
  * loads of R and of the partials in flight together, one barrier, then the
@@ -229,9 +230,10 @@ __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const
 template <uint32_t C>
 __global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, const float *part, const double *gram,
                                                               const float *R, uint32_t E, const float *norm, float eps,
-                                                              float *pre, float *post, float *comb, dact out) {
+                                                              float *pre, float *post, float *comb, dact out,
+                                                              uint32_t ncb) {
     constexpr uint32_t M = (2 + C) * C, NG = C * (C + 1) / 2, ROWS = C + 1 + NG;
-    const uint32_t nb = gridDim.x - 1, S = hp.S, e0 = blockIdx.x * HCG_COLS, e = e0 + threadIdx.x;
+    const uint32_t nb = ncb, S = hp.S, e0 = blockIdx.x * HCG_COLS, e = e0 + threadIdx.x;
     const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const float w = blockIdx.x < nb && norm ? norm[e] : 1.0f; /* a weight: before pdl_wait */
     pdl_wait();
@@ -292,11 +294,25 @@ __global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, con
 
 size_t cu_hc_gram_doubles(uint32_t C, uint32_t E) { return (size_t)C * (C + 1) / 2 * cu_hc_post_splits(E); }
 
+bool cu_hc_pre_gram_ok(const hc_params &hp, uint32_t T, uint32_t E) {
+    return T == 1 && hp.C == 4 && hp.S && E % HCG_COLS == 0;
+}
+
+void cu_hc_split(cudaStream_t st, const hc_params &hp, const float *part, uint32_t E, float rms_eps, float *pre,
+                 float *post, float *comb) {
+    dact none;
+    memset(&none, 0, sizeof none);
+    cu_launch(hc_pre_gram_kernel<4>, 1, HCG_COLS, 0, st, hp, part, (const double *)NULL, (const float *)NULL, E,
+              (const float *)NULL, rms_eps, pre, post, comb, none, 0u);
+}
+
 void cu_hc_pre(cudaStream_t st, const hc_params &hp, const float *part, const float *R, uint32_t T, uint32_t E,
-               const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out, const double *gram) {
-    if (gram && T == 1 && hp.C == 4 && hp.S && E % HCG_COLS == 0) {
-        cu_launch(hc_pre_gram_kernel<4>, E / HCG_COLS + 1, HCG_COLS, 0, st, hp, part, gram, R, E, norm, rms_eps, pre,
-                  post, comb, out);
+               const float *norm, float rms_eps, float *pre, float *post, float *comb, dact &out, const double *gram,
+               bool split_elsewhere) {
+    if (gram && cu_hc_pre_gram_ok(hp, T, E)) {
+        const uint32_t ncb = E / HCG_COLS;
+        cu_launch(hc_pre_gram_kernel<4>, ncb + (split_elsewhere ? 0 : 1), HCG_COLS, 0, st, hp, part, gram, R, E, norm,
+                  rms_eps, pre, post, comb, out, ncb);
         return;
     }
     /* decode: 1024 threads shorten the one token's chain; chunks: 256 (8
