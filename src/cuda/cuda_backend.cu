@@ -834,6 +834,24 @@ static void kcheck(fwd *f, const char *what) {
     }
 }
 
+/* Decode: a with only the quantized forms its consumers' products read
+ * (Q8_0 weights the Q8_0 form, K-quants and IQ2_XXS the Q8_K form, float
+ * weights the floats), so the producer skips writing the others; the floats
+ * are dropped only when drop_f says nothing else reads them either. */
+static dact forms_for(dact a, std::initializer_list<const dweight *> consumers, bool drop_f = false) {
+    bool q8 = false, qk = false, f = !drop_f;
+    for (const dweight *w : consumers) {
+        if (!w || !w->q) continue;
+        q8 = q8 || w->type == DS4_TYPE_Q8_0;
+        qk = qk || w->type == DS4_TYPE_Q2_K || w->type == DS4_TYPE_Q4_K || w->type == DS4_TYPE_IQ2_XXS;
+        f = f || w->type == DS4_TYPE_F32 || w->type == DS4_TYPE_F16 || w->type == DS4_TYPE_BF16;
+    }
+    if (!q8) a.q8 = NULL, a.d8 = NULL;
+    if (!qk) a.qk = NULL, a.dk = NULL, a.bk = NULL;
+    if (!f) a.f = NULL;
+    return a;
+}
+
 static mv_job job(const dweight &w, act_view x, float *y, uint32_t y_stride) {
     mv_job j;
     memset(&j, 0, sizeof j);
@@ -890,8 +908,13 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     F->mix_S = 0;
     /* with the Gram path the Sinkhorn split (read first by hc_post) goes on the side branch */
     const bool split_side = F->gram && cm->split_side && cu_hc_pre_gram_ok(hcp, T, E) && !skipped("hc pre (attention)", T);
+    dact a_out = cs->a;
+    if (T == 1)
+        a_out = forms_for(cs->a, {&L->q_a, &L->kv, ratio ? &L->comp_kv : NULL, ratio ? &L->comp_gate : NULL,
+                                  ratio == 4 ? &L->idx_kv : NULL, ratio == 4 ? &L->idx_gate : NULL,
+                                  ratio == 4 ? &L->idx_proj : NULL});
     if (!skipped("hc pre (attention)", T))
-        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, cs->a,
+        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, a_out,
                   F->gram ? cs->hcgram : NULL, split_side);
     F->gram = false;
     kcheck(F, "hc pre (attention)");
@@ -937,7 +960,9 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         kcheck(F, "hc split (attention)");
     }
     /* main branch: the queries */
-    if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, cs->qa, L->q_a_norm, T, Q, eps);
+    /* (in place; only the q_b products read the normed row: its floats are dropped when they take a quantized form) */
+    dact qa_out = T == 1 ? forms_for(cs->qa, {&L->q_b, ratio == 4 ? &L->idx_q_b : NULL}, true) : cs->qa;
+    if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, qa_out, L->q_a_norm, T, Q, eps);
     kcheck(F, "q_a norm");
     nj = 0;
     jb[nj++] = job(L->q_b, av_of(cs->qa), cs->q, H * D);
@@ -1090,7 +1115,8 @@ static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         jb[1] = u;
         if (!skipped("experts gate/up", T)) cu_matvec(sm, jb, 2, 1);
         kcheck(F, "experts gate/up");
-        if (!skipped("experts swiglu", T)) cu_swiglu(sm, cs->g, cs->u, cs->wts, K, FF, clamp, cs->h);
+        dact h_out = forms_for(cs->h, {&L->down_exps});
+        if (!skipped("experts swiglu", T)) cu_swiglu(sm, cs->g, cs->u, cs->wts, K, FF, clamp, h_out);
         kcheck(F, "experts swiglu");
         mv_job d = job(L->down_exps, av_of(cs->h), cs->ye, E);
         d.mat_ids = cs->ids;

@@ -6,6 +6,8 @@
  */
 #include <string.h>
 
+#include <vector>
+
 #include "cuda_internal.cuh"
 #include "ds4_cuda.h"
 
@@ -400,8 +402,36 @@ extern "C" bool ds4_cuda_test_moe_sum(const float *ysh, const float *ye, const i
     return S.ok;
 }
 
+/* values of a's quantized forms (Q8_0 values and scales, Q8_K values,
+ * scales and sums) that differ from quantize_kernel's of a.f */
+static long quant_diff(scope &S, const dact &a) {
+    const size_t n = (size_t)a.rows * a.n;
+    dact r = S.act(a.rows, a.n, nullptr);
+    if (!S.ok) return -1;
+    cu_quantize(S.st, a.f, a.n, a.rows, r);
+    long diff = 0;
+    if (a.q8) {
+        std::vector<int8_t> x(n), y(n);
+        std::vector<float> dx(n / 32), dy(n / 32);
+        S.get(x.data(), a.q8, n), S.get(y.data(), r.q8, n), S.get(dx.data(), a.d8, n / 32), S.get(dy.data(), r.d8, n / 32);
+        for (size_t i = 0; i < n; i++) diff += x[i] != y[i];
+        for (size_t i = 0; i < n / 32; i++) diff += dx[i] != dy[i];
+    }
+    if (a.qk) {
+        std::vector<int8_t> x(n), y(n);
+        std::vector<float> dx(n / 256), dy(n / 256);
+        std::vector<int32_t> bx(n / 16), by(n / 16);
+        S.get(x.data(), a.qk, n), S.get(y.data(), r.qk, n), S.get(dx.data(), a.dk, n / 256), S.get(dy.data(), r.dk, n / 256);
+        S.get(bx.data(), a.bk, n / 16), S.get(by.data(), r.bk, n / 16);
+        for (size_t i = 0; i < n; i++) diff += x[i] != y[i];
+        for (size_t i = 0; i < n / 256; i++) diff += dx[i] != dy[i];
+        for (size_t i = 0; i < n / 16; i++) diff += bx[i] != by[i];
+    }
+    return S.ok ? diff : -1;
+}
+
 extern "C" bool ds4_cuda_test_swiglu(const float *g, const float *u, const float *w, uint32_t rows, uint32_t F, float c,
-                                     float *h, char *err, size_t errlen) {
+                                     float *h, long *qdiff, char *err, size_t errlen) {
     scope S(err, errlen);
     float *dg = S.dev<float>((size_t)rows * F, g), *du = S.dev<float>((size_t)rows * F, u);
     float *dw = w ? S.dev<float>(rows, w) : nullptr;
@@ -409,6 +439,19 @@ extern "C" bool ds4_cuda_test_swiglu(const float *g, const float *u, const float
     if (!S.ok) return false;
     cu_swiglu(S.st, dg, du, dw, rows, F, c, dh);
     S.get(h, dh.f, (size_t)rows * F);
+    if (qdiff) *qdiff = quant_diff(S, dh);
+    return S.ok;
+}
+
+extern "C" bool ds4_cuda_test_rmsnorm(const float *x, uint32_t rows, uint32_t n, const float *w, float eps, float *out,
+                                      long *qdiff, char *err, size_t errlen) {
+    scope S(err, errlen);
+    float *dx = S.dev<float>((size_t)rows * n, x), *dw = w ? S.dev<float>(n, w) : nullptr;
+    dact d = S.act(rows, n, nullptr);
+    if (!S.ok) return false;
+    cu_rmsnorm(S.st, dx, d, dw, rows, n, eps);
+    S.get(out, d.f, (size_t)rows * n);
+    if (qdiff) *qdiff = quant_diff(S, d);
     return S.ok;
 }
 

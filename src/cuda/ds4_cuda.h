@@ -102,8 +102,12 @@ bool ds4_cuda_test_route(const float *logits, uint32_t T, uint32_t X, uint32_t K
                          float *wts, char *err, size_t errlen);
 bool ds4_cuda_test_moe_sum(const float *ysh, const float *ye, const int32_t *ids, uint32_t T, uint32_t K, uint32_t E,
                            float *y, char *err, size_t errlen);
+/* SwiGLU (and RMSNorm) with their quantized forms; *qdiff: the values of
+ * those forms that differ from quantize_kernel's of the float result */
 bool ds4_cuda_test_swiglu(const float *g, const float *u, const float *w, uint32_t rows, uint32_t F, float c, float *h,
-                          char *err, size_t errlen);
+                          long *qdiff, char *err, size_t errlen);
+bool ds4_cuda_test_rmsnorm(const float *x, uint32_t rows, uint32_t n, const float *w, float eps, float *out, long *qdiff,
+                           char *err, size_t errlen);
 /* compressor over T tokens: states (in/out) and the rows it appends
  * (rows: [comp_cap][dim], in/out) */
 bool ds4_cuda_test_compress(uint32_t ratio, uint32_t dim, uint32_t n_rot, const float *inv_freq, const float *norm,

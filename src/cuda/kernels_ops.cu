@@ -656,13 +656,53 @@ __global__ void rmsnorm_kernel(const float *x, dact out, const float *w, uint32_
     for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) s_row[i] = x[o + i];
     __syncthreads();
     srow_rmsnorm(s_row, n, w, eps, red);
-    #pragma unroll 4
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) out.f[o + i] = s_row[i];
+    if (out.f) {
+        #pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) out.f[o + i] = s_row[i];
+    }
     const qrow q = qrow_of(out, blockIdx.x);
     srow_quantize(s_row, n, q.q8, q.d8, q.qk, q.dk, q.bk);
 }
 
+/* One row over n / 256 blocks (decode): every block forms the whole row's
+ * sum of squares in rmsnorm_kernel's order (256 threads, the same strides:
+ * the same double), then normalises and quantizes only its 256 values, its
+ * norm weights loaded before pdl_wait. Bit-identical to rmsnorm_kernel; a
+ * chain of one quantization round instead of n / 256 Q8_0 rounds a warp.
+ * Not in place (a block would overwrite values another still sums): out.f
+ * is x only when the caller dropped the floats (out.f NULL). */
+#define RMS_SLICE 256
+__global__ void __launch_bounds__(RMS_SLICE) rmsnorm_slice_kernel(const float *x, dact out, const float *w, uint32_t n,
+                                                                  float eps) {
+    const uint32_t i0 = blockIdx.x * RMS_SLICE, i = i0 + threadIdx.x;
+    const float wi = w ? w[i] : 1.0f;
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float s_x[RMS_SLICE];
+    __shared__ double red[32];
+    double ss = 0;
+    #pragma unroll 4
+    for (uint32_t k = threadIdx.x; k < n; k += RMS_SLICE) {
+        const float v = x[k];
+        ss += (double)v * v;
+    }
+    ss = block_sum_d(ss, red);
+    const float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
+    const float v = x[i];
+    const float y = w ? __fmul_rn(__fmul_rn(v, scale), wi) : __fmul_rn(v, scale);
+    s_x[threadIdx.x] = y;
+    if (out.f) out.f[i] = y;
+    __syncthreads();
+    const qrow q = qrow_of(out, 0);
+    srow_quantize_warps(s_x, RMS_SLICE, q.q8 ? q.q8 + i0 : NULL, q.q8 ? q.d8 + i0 / 32 : NULL, q.qk ? q.qk + i0 : NULL,
+                        q.qk ? q.dk + i0 / 256 : NULL, q.qk ? q.bk + i0 / 16 : NULL, threadIdx.x >> 5, RMS_SLICE / 32);
+}
+
 void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps) {
+    if (rows == 1 && n % RMS_SLICE == 0 && n <= 16 * RMS_SLICE && x != out.f) {
+        cu_launch(rmsnorm_slice_kernel, n / RMS_SLICE, RMS_SLICE, 0, st, x, out, w, n, eps);
+        return;
+    }
     cu_launch(rmsnorm_kernel, rows, 256, n * sizeof(float), st, x, out, w, n, eps);
 }
 
@@ -941,8 +981,33 @@ __global__ void swiglu_kernel(const float *g, const float *u, const float *wts, 
     srow_quantize(s_row, F, q.q8, q.d8, q.qk, q.dk, q.bk);
 }
 
+/* A few rows (decode) over (F / 256, rows) blocks: each block one 256-value
+ * slice, its Q8_0 blocks and Q8_K block (one quantization round instead of
+ * F / 512 Q8_0 rounds a warp); bit-identical to swiglu_kernel. */
+__global__ void __launch_bounds__(256) swiglu_slice_kernel(const float *g, const float *u, const float *wts, uint32_t F,
+                                                           float c, dact h) {
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float s_x[256];
+    const uint32_t r = blockIdx.y, i0 = blockIdx.x * 256;
+    const size_t o = (size_t)r * F + i0 + threadIdx.x;
+    const float w = wts ? wts[r] : 1.0f;
+    const float gv = fminf(g[o], c), uv = fminf(fmaxf(u[o], -c), c);
+    const float v = gv / (1.0f + expf(-gv)) * uv * w;
+    s_x[threadIdx.x] = v;
+    h.f[o] = v;
+    __syncthreads();
+    const qrow q = qrow_of(h, r);
+    srow_quantize_warps(s_x, 256, q.q8 ? q.q8 + i0 : NULL, q.q8 ? q.d8 + i0 / 32 : NULL, q.qk ? q.qk + i0 : NULL,
+                        q.qk ? q.dk + i0 / 256 : NULL, q.qk ? q.bk + i0 / 16 : NULL, threadIdx.x >> 5, 8);
+}
+
 void cu_swiglu(cudaStream_t st, const float *g, const float *u, const float *wts, uint32_t rows, uint32_t F, float c,
                dact &h) {
+    if (rows <= 16 && F % 256 == 0) {
+        cu_launch(swiglu_slice_kernel, dim3(F / 256, rows), 256, 0, st, g, u, wts, F, c, h);
+        return;
+    }
     cu_launch(swiglu_kernel, rows, 512, F * sizeof(float), st, g, u, wts, F, c, h);
 }
 

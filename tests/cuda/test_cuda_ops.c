@@ -718,9 +718,50 @@ static void test_moe_small(void) {
             const float gv = fminf(g[r * F + i], 10.0f), uv = fminf(fmaxf(u[r * F + i], -10.0f), 10.0f);
             ref[r * F + i] = ds4_silu(gv) * uv * w[r];
         }
-    bool ok = ds4_cuda_test_swiglu(g, u, w, T * K, F, 10.0f, h, err, sizeof err);
+    bool ok = ds4_cuda_test_swiglu(g, u, w, T * K, F, 10.0f, h, NULL, err, sizeof err);
     if (ok) compare("SwiGLU with clamp and route weight", h, ref, T * K * F, 1e-6, 0, 0);
     else report("SwiGLU with clamp and route weight", INFINITY, 0, 0, 0, err);
+    /* decode's shape (a block a 256-value slice) and a chunk's, with the
+     * quantized forms held to quantize_kernel's */
+    static const uint32_t rows_[] = {6, 6, 48}, F_[] = {2048, 512, 512};
+    for (int c = 0; c < 3; c++) {
+        const uint32_t R = rows_[c], FF = F_[c];
+        float *g2 = falloc(R * FF), *u2 = falloc(R * FF), *h2 = falloc(R * FF), *r2 = falloc(R * FF);
+        fill(g2, R * FF, 14.0f);
+        fill(u2, R * FF, 14.0f);
+        for (uint32_t r = 0; r < R; r++)
+            for (uint32_t i = 0; i < FF; i++) {
+                const float gv = fminf(g2[r * FF + i], 10.0f), uv = fminf(fmaxf(u2[r * FF + i], -10.0f), 10.0f);
+                r2[r * FF + i] = ds4_silu(gv) * uv * w[r % (T * K)];
+            }
+        float *w2 = falloc(R);
+        for (uint32_t r = 0; r < R; r++) w2[r] = w[r % (T * K)];
+        long qd = -1;
+        char nm[96];
+        ok = ds4_cuda_test_swiglu(g2, u2, w2, R, FF, 10.0f, h2, &qd, err, sizeof err);
+        snprintf(nm, sizeof nm, "SwiGLU %u x %u", R, FF);
+        if (ok) compare(nm, h2, r2, R * FF, 1e-6, 0, 0); else report(nm, INFINITY, 0, 0, 0, err);
+        snprintf(nm, sizeof nm, "SwiGLU %u x %u: quantized forms differing", R, FF);
+        if (ok) report(nm, (double)qd, 0, 0, 0, qd < 0 ? "not read back" : NULL);
+        free(g2); free(u2); free(h2); free(r2); free(w2);
+    }
+    /* RMSNorm: one row (decode: a block a 256-value slice) and several */
+    static const uint32_t nr_[] = {1, 1, 1, 3}, nn_[] = {1024, 4096, 300, 1024};
+    for (int c = 0; c < 4; c++) {
+        const uint32_t R = nr_[c], N = nn_[c];
+        float *x = falloc(R * N), *wn = falloc(N), *o = falloc(R * N), *r2 = falloc(R * N);
+        fill(x, R * N, 3.0f);
+        for (uint32_t i = 0; i < N; i++) wn[i] = 1 + 0.2f * frand();
+        for (uint32_t r = 0; r < R; r++) ds4_rmsnorm(r2 + r * N, x + r * N, wn, (int)N, 1e-6f);
+        long qd = -1;
+        char nm[96];
+        ok = ds4_cuda_test_rmsnorm(x, R, N, wn, 1e-6f, o, &qd, err, sizeof err);
+        snprintf(nm, sizeof nm, "RMSNorm %u x %u", R, N);
+        if (ok) compare(nm, o, r2, R * N, 2e-6, 0, 0); else report(nm, INFINITY, 0, 0, 0, err);
+        snprintf(nm, sizeof nm, "RMSNorm %u x %u: quantized forms differing", R, N);
+        if (ok) report(nm, (double)qd, 0, 0, 0, qd < 0 ? "not read back" : NULL);
+        free(x); free(wn); free(o); free(r2);
+    }
     float *ysh = falloc(T * E), *ye = falloc(T * K * E), *y = falloc(T * E), *yr = falloc(T * E);
     fill(ysh, T * E, 1.0f);
     fill(ye, T * K * E, 1.0f);
