@@ -1000,8 +1000,10 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
      * F16-rounded KV rows of a non-exact model), else the exact kernel */
     const bool tc = T >= cu_mma_min_T() && !m->exact && m->f16_rounding &&
                     cu_attention_tc(sm, ap, cs->q, T, cs->pos0, cs->o.f);
-    if (!tc && !skipped("attention", T))
-        cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &cs->o);
+    if (!tc && !skipped("attention", T)) {
+        const dact o_out = T == 1 ? forms_for(cs->o, {&L->out_a}) : cs->o; /* (out_a reads one form) */
+        cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &o_out);
+    }
     kcheck(F, "attention");
     const uint32_t GW = H * D / G;
     /* out_a group g: rows [g OR, g OR + OR) against o's columns [g GW, g GW + GW) */

@@ -774,14 +774,25 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
     }
 }
 
-__global__ void attn_combine_kernel(attn_params ap, const int64_t *pos0, uint32_t S, const float *part_o,
-                                    const float *part_ml, float *out, dact oq) {
+/* a thread a dimension (up to 512 threads): each loads its dimension's S
+ * split values before the split weights are known, so the two loads from L2
+ * overlap; the sum keeps the split order (the same result) */
+#define ATT_COMBINE_MAX_THREADS 512
+__global__ void __launch_bounds__(ATT_COMBINE_MAX_THREADS) attn_combine_kernel(attn_params ap, const int64_t *pos0,
+                                                                               uint32_t S, const float *part_o,
+                                                                               const float *part_ml, float *out,
+                                                                               dact oq) {
     pdl_wait();
     pdl_trigger();
     extern __shared__ float s_row[];
     __shared__ float s_w[64];
     __shared__ float s_inv;
     const uint32_t t = blockIdx.x, h = blockIdx.y, H = ap.H, D = ap.D;
+    float po[32];
+    const uint32_t d0 = threadIdx.x;
+#pragma unroll
+    for (uint32_t s = 0; s < 32; s++)
+        po[s] = s < S && d0 < D ? part_o[(((size_t)t * S + s) * H + h) * D + d0] : 0.0f;
     if (threadIdx.x < 32) { /* warp 0: one split per lane (S <= 32) */
         const int lane = threadIdx.x;
         const float sink = ap.sinks[h];
@@ -796,11 +807,14 @@ __global__ void attn_combine_kernel(attn_params ap, const int64_t *pos0, uint32_
     }
     __syncthreads();
     const float inv = s_inv;
-    #pragma unroll 4
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+    for (uint32_t d = d0; d < D; d += blockDim.x) {
+        if (d != d0)
+#pragma unroll
+            for (uint32_t s = 0; s < 32; s++) po[s] = s < S ? part_o[(((size_t)t * S + s) * H + h) * D + d] : 0.0f;
         float acc = 0;
-#pragma unroll 8
-        for (uint32_t s = 0; s < S; s++) acc += part_o[(((size_t)t * S + s) * H + h) * D + d] * s_w[s];
+#pragma unroll
+        for (uint32_t s = 0; s < 32; s++)
+            if (s < S) acc += po[s] * s_w[s];
         s_row[d] = acc * inv;
     }
     __syncthreads();
@@ -828,7 +842,8 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     dact none;
     memset(&none, 0, sizeof none);
     dim3 g2(T, ap.H);
-    cu_launch(attn_combine_kernel, g2, 256, ap.D * sizeof(float), st, ap, pos0, splits, part_o, part_ml, o,
+    const uint32_t nt = ap.D < ATT_COMBINE_MAX_THREADS ? (ap.D + 31) / 32 * 32 : ATT_COMBINE_MAX_THREADS;
+    cu_launch(attn_combine_kernel, g2, nt, ap.D * sizeof(float), st, ap, pos0, splits, part_o, part_ml, o,
               oq && ap.D % 256 == 0 ? *oq : none);
 }
 
