@@ -459,8 +459,8 @@ typedef struct {
     int64_t *h_pos0;
     float *h_logits;
     /* decode graph */
-    cudaGraphExec_t graph;
-    bool graph_ready;
+    cudaGraphExec_t graph[2]; /* [topk_cluster]: the decode step for short / long contexts */
+    bool graph_ready[2];
 } cu_session;
 
 static cu_session *CS(const ds4_session *s) { return (cu_session *)s->bk; }
@@ -589,7 +589,7 @@ static bool cu_session_init(ds4_session *s, char *err, size_t errlen) {
     cu_session *cs = new cu_session();
     s->bk = cs;
     cs->state_mem = cs->scratch_mem = NULL;
-    cs->graph_ready = false;
+    cs->graph_ready[0] = cs->graph_ready[1] = false;
     cs->T_cap = (uint32_t)s->m->prefill_chunk;
     cs->lchunk = cs->T_cap < 16 ? cs->T_cap : 16;
     const uint32_t HG = (hp->n_head + 7) / 8;
@@ -627,10 +627,17 @@ static bool cu_session_init(ds4_session *s, char *err, size_t errlen) {
     return true;
 }
 
+static void drop_graphs(cu_session *cs) {
+    for (int v = 0; v < 2; v++) {
+        if (cs->graph_ready[v]) cudaGraphExecDestroy(cs->graph[v]);
+        cs->graph_ready[v] = false;
+    }
+}
+
 static void cu_session_free(ds4_session *s) {
     cu_session *cs = CS(s);
     if (!cs) return;
-    if (cs->graph_ready) cudaGraphExecDestroy(cs->graph);
+    drop_graphs(cs);
     cudaFree(cs->state_mem);
     cudaFree(cs->scratch_mem);
     cudaFreeHost(cs->h_tokens);
@@ -729,6 +736,7 @@ typedef struct {
     uint32_t mix_S; /* cs->hcpart holds the next hyper-connection's mix partials
                        (from the last hc_post), in mix_S slices; 0: not formed */
     bool gram;      /* cs->hcgram holds R's Gram partials (from the last hc_post) */
+    bool topk_cluster; /* decode at a long context: the indexer's top-k over a cluster of blocks */
 } fwd;
 
 /* The side stream for a layer's independent branches; the main stream when
@@ -989,7 +997,7 @@ static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (ratio == 4 && !skipped("indexer scores + top-k", T)) {
         const float wscale = 1.0f / sqrtf((float)ID * (float)I);
         cu_indexer(sm, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0, cs->scores,
-                   cs->sel, cs->n_sel, !m->exact);
+                   cs->sel, cs->n_sel, !m->exact, T == 1 && F->topk_cluster);
         kcheck(F, "indexer scores + top-k");
         if (F->s->trace_topk) trace_indexer(F, il, T);
     }
@@ -1215,9 +1223,14 @@ static bool finish(fwd *F, char *err, size_t errlen) {
     return true;
 }
 
+/* The decode variant for a step at position pos: the long-context one
+ * (cluster top-k) once the compressed rows outnumber TOPK_CL_MIN_N */
+static bool long_step(int64_t pos) { return (pos + 1) / 4 > TOPK_CL_MIN_N && cu_topk_cluster_ok(); }
+
 static bool ensure_graph(fwd *F, char *err, size_t errlen) {
     cu_session *cs = F->cs;
-    if (cs->graph_ready) return true;
+    const int v = F->topk_cluster ? 1 : 0;
+    if (cs->graph_ready[v]) return true;
     cudaStream_t sm = F->cm->st;
     cudaGraph_t g = NULL;
     cudaError_t e = cudaSuccess;
@@ -1226,7 +1239,7 @@ static bool ensure_graph(fwd *F, char *err, size_t errlen) {
         decode_body(F);
         e = cudaStreamEndCapture(sm, &g);
         if (e == cudaSuccess) {
-            e = cudaGraphInstantiate(&cs->graph, g, 0);
+            e = cudaGraphInstantiate(&cs->graph[v], g, 0);
             cudaGraphDestroy(g);
         }
         if (e == cudaSuccess || !cu_pdl_enabled()) break;
@@ -1237,7 +1250,7 @@ static bool ensure_graph(fwd *F, char *err, size_t errlen) {
         g_pdl = 0;
     }
     CU_OK(e, err, errlen, "graph capture/instantiate");
-    cs->graph_ready = true;
+    cs->graph_ready[v] = true;
     return true;
 }
 
@@ -1251,9 +1264,10 @@ static bool cu_forward(ds4_session *s, const int32_t *tokens, uint32_t T, float 
     cs->h_pos0[0] = s->n_tokens;
     CU_OK(cudaMemcpyAsync(cs->tokens, cs->h_tokens, (size_t)T * 4, cudaMemcpyHostToDevice, sm), err, errlen, "tokens");
     CU_OK(cudaMemcpyAsync(cs->pos0, cs->h_pos0, 8, cudaMemcpyHostToDevice, sm), err, errlen, "position");
+    F.topk_cluster = T == 1 && long_step(s->n_tokens);
     if (T == 1 && cm->use_graph && !cm->sync_each && !s->trace_topk) {
         if (!ensure_graph(&F, err, errlen)) return false;
-        CU_OK(cudaGraphLaunch(cs->graph, sm), err, errlen, "graph launch");
+        CU_OK(cudaGraphLaunch(cs->graph[F.topk_cluster], sm), err, errlen, "graph launch");
     } else if (T == 1) {
         decode_body(&F);
     } else {
@@ -1390,6 +1404,7 @@ extern "C" bool ds4_cuda_profile_decode(ds4_session *s, int32_t token, float *ti
     for (auto &e : ev) cudaEventCreate(&e);
     std::vector<prof_mark> marks;
     fwd F = {s, cm, cs, NULL, cudaSuccess, &marks};
+    F.topk_cluster = long_step(s->n_tokens);
     cs->h_tokens[0] = token;
     cs->h_pos0[0] = s->n_tokens;
     cudaMemcpyAsync(cs->tokens, cs->h_tokens, 4, cudaMemcpyHostToDevice, cm->st);
@@ -1446,9 +1461,13 @@ extern "C" bool ds4_cuda_decode_greedy(ds4_session *s, int32_t first, uint32_t n
     int32_t *ids = NULL;
     CU_OK(cudaMalloc(&ids, (size_t)n * 4), err, errlen, "ids");
     const bool graph = cm->use_graph && !cm->sync_each;
-    if (graph && !ensure_graph(&F, err, errlen)) return false;
     for (uint32_t i = 0; i < n; i++) {
-        if (graph) cudaGraphLaunch(cs->graph, sm);
+        F.topk_cluster = long_step((int64_t)s->n_tokens + i);
+        if (graph && !ensure_graph(&F, err, errlen)) {
+            cudaFree(ids);
+            return false;
+        }
+        if (graph) cudaGraphLaunch(cs->graph[F.topk_cluster], sm);
         else decode_body(&F);
         cudaMemcpyAsync(ids + i, cs->next, 4, cudaMemcpyDeviceToDevice, sm);
     }
@@ -1498,9 +1517,7 @@ extern "C" const char *ds4_cuda_step_names(void) {
 extern "C" bool ds4_cuda_set_skip(ds4_session *s, const char *steps) {
     g_skip_env = true;
     g_skip = steps ? steps : "";
-    cu_session *cs = CS(s);
-    if (cs->graph_ready) cudaGraphExecDestroy(cs->graph);
-    cs->graph_ready = false;
+    drop_graphs(CS(s));
     return true;
 }
 

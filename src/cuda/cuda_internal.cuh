@@ -122,6 +122,28 @@ static inline void cu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, si
     cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
 }
 
+/* cu_launch with clusters of cluster_x blocks along x (cc >= 9.0) */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t cu_launch_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                            cudaStream_t st, uint32_t cluster_x, Args... args) {
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[2];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = cluster_x;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = cu_pdl_enabled() ? 2 : 1;
+    return cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
+}
+
 /* Prefetches bytes [p, p + n) of a weight into L2 (16-byte aligned pieces
  * inside [lo, hi), the weight's allocation): bulk prefetches issued by the
  * calling thread on sm_90 (CUDA 12+), nothing on older cards. */
@@ -511,7 +533,12 @@ void cu_side_decode(cudaStream_t st, const kvrow_params &kp, const float *kv, co
  * BF16), so the scores may run on tensor cores. */
 void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_cap,
                 uint32_t T, uint32_t I, uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t *sel,
-                uint32_t *n_sel, bool fp4_inputs);
+                uint32_t *n_sel, bool fp4_inputs, bool topk_cluster = false);
+/* Decode with more compressed rows than this (n = (pos + 1) / 4) selects
+ * its top-k over a cluster of blocks (cu_indexer's topk_cluster; fewer rows:
+ * one block, faster there): whether that applies on this device */
+#define TOPK_CL_MIN_N 4096
+bool cu_topk_cluster_ok(void);
 typedef struct {
     uint32_t H, D, n_swa, raw_cap, ratio, top_k, n_rot;
     const float *sinks;

@@ -554,7 +554,7 @@ extern "C" bool ds4_cuda_test_indexer(const float *qi, const float *wi, float ws
     bool fp4 = true;
     for (size_t i = 0; fp4 && i < (size_t)T * I * ID; i++) fp4 = (*(const uint32_t *)&qi[i] & 0xffffu) == 0;
     for (size_t i = 0; fp4 && i < (size_t)n_keys * ID; i++) fp4 = (*(const uint32_t *)&keys[i] & 0xffffu) == 0;
-    cu_indexer(S.st, dq, dw, wscale, dk, n_keys, T, I, ID, K, dp, dsc, ds, dn, fp4);
+    cu_indexer(S.st, dq, dw, wscale, dk, n_keys, T, I, ID, K, dp, dsc, ds, dn, fp4, true);
     S.get(sel, ds, (size_t)T * K);
     S.get(n_sel, dn, T);
     return S.ok;

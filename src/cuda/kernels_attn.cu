@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cooperative_groups.h>
+
 #include "cuda_internal.cuh"
 #include "row_ops.cuh"
 
@@ -519,23 +521,14 @@ static __device__ __forceinline__ uint32_t f2key(float f) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-__global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores, uint32_t n_cap, uint32_t K,
-                                                            const int64_t *pos0, uint32_t *sel, uint32_t *n_sel,
-                                                            uint32_t topk_smem_keys) {
-    pdl_wait();
-    pdl_trigger();
+/* The K largest of the n scores sc[0..n) (n > K) into sel[0..K), in index
+ * order, ties at the threshold by lowest index: the whole block. */
+static __device__ void topk_select_block(const float *sc, uint32_t n, uint32_t K, uint32_t *sel,
+                                         uint32_t topk_smem_keys) {
     __shared__ uint32_t s_hist[256];
     __shared__ uint32_t s_cgt[32], s_ceq[32];
     __shared__ uint32_t s_prefix, s_mask, s_want, s_gt;
-    const uint32_t t = blockIdx.x;
-    const int64_t p = pos0[0] + t;
-    const uint32_t n = (uint32_t)((p + 1) / 4);
-    if (n <= K) {
-        if (threadIdx.x == 0) n_sel[t] = 0xffffffffu;
-        return;
-    }
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const float *sc = scores + (size_t)t * n_cap;
     extern __shared__ uint32_t s_keys[]; /* n keys when they fit (cu_indexer sizes it), else read from global */
     const bool staged = n <= topk_smem_keys;
     if (staged)
@@ -633,16 +626,203 @@ __global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores,
         const bool take = gt || (eq && eq_before + __popc(em & below) < need_eq);
         const unsigned tm = __ballot_sync(0xffffffffu, take);
         const uint32_t at = sel_before + __popc(tm & below);
-        if (take && at < K) sel[(size_t)t * K + at] = i;
+        if (take && at < K) sel[at] = i;
         eq_before += __popc(em);
         sel_before += __popc(tm);
     }
+}
+
+__global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores, uint32_t n_cap, uint32_t K,
+                                                            const int64_t *pos0, uint32_t *sel, uint32_t *n_sel,
+                                                            uint32_t topk_smem_keys) {
+    pdl_wait();
+    pdl_trigger();
+    const uint32_t t = blockIdx.x;
+    const int64_t p = pos0[0] + t;
+    const uint32_t n = (uint32_t)((p + 1) / 4);
+    if (n <= K) {
+        if (threadIdx.x == 0) n_sel[t] = 0xffffffffu;
+        return;
+    }
+    topk_select_block(scores + (size_t)t * n_cap, n, K, sel + (size_t)t * K, topk_smem_keys);
     if (threadIdx.x == 0) n_sel[t] = K;
+}
+
+/* The same selection by a cluster of TOPK_CL blocks a token (decode's long
+ * contexts: one block walked all n keys four times). Block r of the cluster
+ * owns the contiguous keys [r seg, (r + 1) seg): each radix pass counts its
+ * slice into its own histogram, the blocks meet at a cluster barrier, and
+ * every block sums the TOPK_CL histograms through distributed shared memory
+ * and takes the same decision from the same integer counts. The in-order
+ * compaction adds the earlier blocks' counts (read the same way) to each
+ * block's offsets, so the set and its order are the one-block kernel's. */
+#define TOPK_CL 8
+__global__ void __launch_bounds__(1024) indexer_topk_cluster_kernel(const float *scores, uint32_t n_cap, uint32_t K,
+                                                                    const int64_t *pos0, uint32_t *sel,
+                                                                    uint32_t *n_sel, uint32_t seg_keys) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    pdl_wait();
+    pdl_trigger();
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    __shared__ uint32_t s_hist[2][256], s_tot[256];
+    __shared__ uint32_t s_cgt[32], s_ceq[32], s_blk[2];
+    __shared__ uint32_t s_prefix, s_mask, s_want, s_gt;
+    const uint32_t rank = cl.block_rank(), t = blockIdx.y;
+    const int64_t p = pos0[0] + t;
+    const uint32_t n = (uint32_t)((p + 1) / 4);
+    if (n <= K) { /* every block of the cluster leaves here: no shared memory is read across */
+        if (rank == 0 && threadIdx.x == 0) n_sel[t] = 0xffffffffu;
+        return;
+    }
+    if (n <= TOPK_CL_MIN_N) { /* short: block 0 alone (the cluster's barriers cost more than they save) */
+        if (rank == 0) {
+            topk_select_block(scores + (size_t)t * n_cap, n, K, sel + (size_t)t * K, seg_keys);
+            if (threadIdx.x == 0) n_sel[t] = K;
+        }
+        return;
+    }
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const uint32_t seg = ((n + TOPK_CL - 1) / TOPK_CL + 31) & ~31u;
+    const uint32_t lo = min(n, rank * seg), hi = min(n, lo + seg), m = hi - lo;
+    const float *sc = scores + (size_t)t * n_cap + lo;
+    extern __shared__ uint32_t s_keys[]; /* the slice's keys when they fit, else read from global */
+    const bool staged = m <= seg_keys;
+    if (staged)
+        #pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) s_keys[i] = f2key(sc[i]);
+    if (threadIdx.x == 0) { s_prefix = 0; s_mask = 0; s_want = K; s_gt = 0; }
+    int pass = 0;
+    for (int shift = 24; shift >= 0; shift -= 8, pass++) {
+        uint32_t *hist = s_hist[pass & 1]; /* peers read it until the next barrier: alternate */
+        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        const uint32_t prefix = s_prefix, mask = s_mask;
+        for (uint32_t b = 0; b < m; b += blockDim.x) {
+            const uint32_t i = b + threadIdx.x;
+            uint32_t k = 0;
+            if (i < m) k = staged ? s_keys[i] : f2key(sc[i]);
+            const bool in = i < m && (k & mask) == prefix;
+            const unsigned act = __ballot_sync(0xffffffffu, in);
+            if (in) {
+                const uint32_t bin = (k >> shift) & 0xff;
+                const unsigned peers = __match_any_sync(act, bin);
+                if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
+            }
+        }
+        cl.sync(); /* every block's histogram is complete */
+        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+            uint32_t tot = 0;
+            for (uint32_t r = 0; r < TOPK_CL; r++) tot += cl.map_shared_rank(hist, r)[i];
+            s_tot[i] = tot;
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) { /* indexer_topk_kernel's bin choice on the summed counts */
+            const uint32_t want = s_want;
+            uint32_t cnt = 0;
+            for (int k = 0; k < 8; k++) cnt += s_tot[255 - (lane * 8 + k)];
+            uint32_t incl = cnt;
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+                const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += o;
+            }
+            const unsigned hit = __ballot_sync(0xffffffffu, incl >= want);
+            const int first = hit ? __ffs(hit) - 1 : 31;
+            if (lane == first) {
+                uint32_t acc = incl - cnt;
+                int b = 255 - lane * 8;
+                for (int k = 0; k < 7; k++, b--) {
+                    if (acc + s_tot[b] >= want) break;
+                    acc += s_tot[b];
+                }
+                s_gt += acc;
+                s_want = want - acc;
+                s_prefix = prefix | ((uint32_t)b << shift);
+                s_mask = mask | (0xffu << shift);
+            }
+        }
+        __syncthreads();
+    }
+    const uint32_t kth = s_prefix, need_eq = K - s_gt;
+    const uint32_t wseg = (((m + nw - 1) / nw) + 31) & ~31u;
+    const uint32_t wlo = min(m, (uint32_t)wid * wseg), whi = min(m, wlo + wseg);
+    uint32_t c_gt = 0, c_eq = 0;
+    for (uint32_t b = wlo; b < whi; b += 32) {
+        const uint32_t i = b + lane;
+        const uint32_t k = i < whi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
+        c_gt += __popc(__ballot_sync(0xffffffffu, i < whi && k > kth));
+        c_eq += __popc(__ballot_sync(0xffffffffu, i < whi && k == kth));
+    }
+    if (lane == 0) { s_cgt[wid] = c_gt; s_ceq[wid] = c_eq; }
+    __syncthreads();
+    const uint32_t gl = lane < nw ? s_cgt[lane] : 0, el = lane < nw ? s_ceq[lane] : 0;
+    if (threadIdx.x == 0) { /* the block's totals, for the later blocks */
+        uint32_t g = 0, e = 0;
+        for (int w = 0; w < nw; w++) g += s_cgt[w], e += s_ceq[w];
+        s_blk[0] = g;
+        s_blk[1] = e;
+    }
+    cl.sync();
+    /* the earlier blocks' equal keys and selected keys, in block order */
+    uint32_t eq_blk = 0, sel_blk = 0;
+    for (uint32_t r = 0; r < rank; r++) {
+        const uint32_t *pb = cl.map_shared_rank(s_blk, r);
+        const uint32_t g = pb[0], e = pb[1];
+        sel_blk += g + (eq_blk >= need_eq ? 0 : min(e, need_eq - eq_blk));
+        eq_blk += e;
+    }
+    uint32_t e_incl = el;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t o = __shfl_up_sync(0xffffffffu, e_incl, off);
+        if (lane >= off) e_incl += o;
+    }
+    const uint32_t e_excl = eq_blk + e_incl - el;
+    const uint32_t take_l = gl + (e_excl >= need_eq ? 0 : min(el, need_eq - e_excl));
+    uint32_t s_incl = take_l;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t o = __shfl_up_sync(0xffffffffu, s_incl, off);
+        if (lane >= off) s_incl += o;
+    }
+    uint32_t eq_before = __shfl_sync(0xffffffffu, e_excl, wid);
+    uint32_t sel_before = sel_blk + __shfl_sync(0xffffffffu, s_incl - take_l, wid);
+    const unsigned below = (1u << lane) - 1;
+    for (uint32_t b = wlo; b < whi; b += 32) {
+        const uint32_t i = b + lane;
+        const uint32_t k = i < whi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
+        const bool gt = i < whi && k > kth, eq = i < whi && k == kth;
+        const unsigned em = __ballot_sync(0xffffffffu, eq);
+        const bool take = gt || (eq && eq_before + __popc(em & below) < need_eq);
+        const unsigned tm = __ballot_sync(0xffffffffu, take);
+        const uint32_t at = sel_before + __popc(tm & below);
+        if (take && at < K) sel[(size_t)t * K + at] = lo + i;
+        eq_before += __popc(em);
+        sel_before += __popc(tm);
+    }
+    if (rank == 0 && threadIdx.x == 0) n_sel[t] = K;
+    cl.sync(); /* no block leaves while a later one may still read its counts */
+#else
+    __trap(); /* launched only on cc >= 9.0 */
+#endif
+}
+
+bool cu_topk_cluster_ok(void) {
+    static int ok = -1;
+    if (ok < 0) {
+        const char *e = getenv("DS4_CUDA_TOPK_CLUSTER");
+        int dev = 0, cc = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev);
+        ok = cc >= 9 && !(e && *e == '0');
+    }
+    return ok;
 }
 
 void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale, const float *keys, uint32_t n_cap,
                 uint32_t T, uint32_t I, uint32_t ID, uint32_t K, const int64_t *pos0, float *scores, uint32_t *sel,
-                uint32_t *n_sel, bool fp4_inputs) {
+                uint32_t *n_sel, bool fp4_inputs, bool topk_cluster) {
     const bool mma = fp4_inputs && T > 0 && I % 16 == 0 && I > 0 && I <= 8 * IDXM_MAXNT && ID % 16 == 0 && ID > 0 &&
                      ID <= 16 * IDXM_MAXKS && ((uintptr_t)qi & 15) == 0 && ((uintptr_t)keys & 7) == 0;
     if (mma) {
@@ -666,6 +846,16 @@ void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale,
         const size_t smem = ((size_t)I * (ID + 1) + I + 8 * ID) * sizeof(float);
         dim3 grid((n_cap + IDX_ROWS - 1) / IDX_ROWS, T);
         cu_launch(indexer_score_kernel, grid, 256, smem, st, qi, wi, wscale, keys, I, ID, K, pos0, scores, n_cap);
+    }
+    /* decode over many keys: a cluster of blocks (DS4_CUDA_TOPK_CLUSTER=0: one block) */
+    if (T == 1 && topk_cluster && n_cap > TOPK_CL_MIN_N && cu_topk_cluster_ok()) {
+        uint32_t seg = ((n_cap + TOPK_CL - 1) / TOPK_CL + 31) & ~31u;
+        if (seg < TOPK_CL_MIN_N) seg = TOPK_CL_MIN_N; /* block 0 alone stages up to TOPK_CL_MIN_N keys */
+        const uint32_t keys = seg < 48 * 1024 ? seg : 48 * 1024;
+        if (cu_launch_cluster(indexer_topk_cluster_kernel, dim3(TOPK_CL, T), 1024, (size_t)keys * 4, st, TOPK_CL, scores,
+                              n_cap, K, pos0, sel, n_sel, keys) == cudaSuccess)
+            return;
+        (void)cudaGetLastError(); /* not launchable here: the one-block kernel */
     }
     const uint32_t staged = n_cap < 48 * 1024 ? n_cap : 48 * 1024; /* up to 192 KiB of shared memory */
     cu_launch(indexer_topk_kernel, T, 1024, (size_t)staged * 4, st, scores, n_cap, K, pos0, sel, n_sel, staged);
@@ -858,5 +1048,7 @@ bool cu_attn_init(char *err, size_t errlen) {
           err, errlen, "indexer (tensor cores) shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024), err,
           errlen, "top-k shared memory");
+    CU_OK(cudaFuncSetAttribute(indexer_topk_cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024),
+          err, errlen, "top-k (cluster) shared memory");
     return true;
 }

@@ -904,13 +904,18 @@ static void test_indexer(void) {
     char err[256], name[160];
     /* fp4: queries and keys Hadamard + FP4-simulated (the default model's
      * inputs, exact in BF16: the tensor-core scores) */
+    /* dup: the keys repeat every 97 rows, so the scores tie in runs across
+     * the whole range (decode's cluster top-k: ties split between blocks) */
     static const struct {
         uint32_t I, K, n_keys, T;
         int64_t pos0;
-        bool fp4;
-    } cases[] = {{32, 16, 160, 4, 55, false},      {64, 512, 3000, 4, 11990, false},  {64, 8, 36, 4, 130, false},
-                 {64, 512, 3000, 1, 11999, true},  {64, 512, 3000, 13, 11990, true},  {64, 512, 3000, 13, 2040, true},
-                 {64, 512, 16384, 1, 65535, true}, {64, 512, 16384, 13, 65523, true}, {64, 512, 16384, 1, 4095, true}};
+        bool fp4, dup;
+    } cases[] = {{32, 16, 160, 4, 55, false, false},      {64, 512, 3000, 4, 11990, false, false},
+                 {64, 8, 36, 4, 130, false, false},       {64, 512, 3000, 1, 11999, true, false},
+                 {64, 512, 3000, 13, 11990, true, false}, {64, 512, 3000, 13, 2040, true, false},
+                 {64, 512, 16384, 1, 65535, true, false}, {64, 512, 16384, 13, 65523, true, false},
+                 {64, 512, 16384, 1, 4095, true, false},  {64, 512, 16384, 1, 65535, true, true},
+                 {64, 512, 9000, 1, 30001, true, true}};
     for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
         const uint32_t I = cases[c].I, ID = 128, K = cases[c].K, T = cases[c].T, n = cases[c].n_keys;
         const int64_t pos0 = cases[c].pos0;
@@ -918,6 +923,7 @@ static void test_indexer(void) {
         fill(qi, (size_t)T * I * ID, 1.0f);
         fill(wi, (size_t)T * I, 1.0f);
         fill(keys, (size_t)n * ID, 1.0f);
+        for (size_t r = 97; cases[c].dup && r < n; r++) memcpy(keys + r * ID, keys + (r % 97) * ID, ID * 4);
         for (size_t r = 0; cases[c].fp4 && r < (size_t)T * I + n; r++) {
             float *row = r < (size_t)T * I ? qi + r * ID : keys + (r - (size_t)T * I) * ID;
             ds4_hadamard(row, (int)ID);
@@ -951,8 +957,8 @@ static void test_indexer(void) {
             if (nsel[t] == UINT32_MAX) continue;
             diff += memcmp(sel + (size_t)t * K, gsel + (size_t)t * K, K * 4) != 0;
         }
-        snprintf(name, sizeof name, "indexer top-%u of %u rows x %u heads, T %u at %lld%s: differing sets", K, n, I, T,
-                 (long long)pos0, cases[c].fp4 ? " (FP4, tensor cores)" : "");
+        snprintf(name, sizeof name, "indexer top-%u of %u rows x %u heads, T %u at %lld%s%s: differing sets", K, n, I,
+                 T, (long long)pos0, cases[c].fp4 ? " (FP4, tensor cores)" : "", cases[c].dup ? ", tied" : "");
         report(name, ok ? (double)diff : INFINITY, 0, 0, 0, ok ? NULL : err);
         free(qi); free(wi); free(keys); free(sel); free(gsel); free(score); free(nsel); free(gnsel);
     }
