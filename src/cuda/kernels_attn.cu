@@ -17,7 +17,9 @@
  * BF16 values), else (--exact, odd shapes) the f32 CUDA-core kernel.
  * Indexer top-k: radix select of the k-th largest score (scores mapped to
  * order-preserving u32 keys), then an in-order compaction that keeps ties
- * at the threshold by lowest index: the CPU's selection, bit for bit.
+ * at the threshold by lowest index: the CPU's selection, bit for bit; decode
+ * at long contexts runs it over a cluster of 8 blocks (histograms summed
+ * through distributed shared memory).
  * Attention: split over (token, 8-head group, row range); each block keeps
  * an online softmax over tiles of 16 rows staged in shared memory (K = V, one
  * row serves all heads of the group); a combine kernel merges the splits with

@@ -1,7 +1,8 @@
 /* kernels_ops.cu - the element-wise and per-row steps of the forward pass:
  * hyper-connections (mix, Sinkhorn split, collapse, expand; the expand also
  * adds the routed experts to the FFN output and forms the next mix's
- * partials), RMSNorm, RoPE and the official low-precision simulations on
+ * partials, and at decode the Gram partials that let the collapse run over
+ * many blocks), RMSNorm, RoPE and the official low-precision simulations on
  * heads, the MoE routing (and the decode router's logits, a block a row,
  * with the routing in its last block), SwiGLU, the per-token expert sum, the
  * pair sort for prefill MoE, the output HC head and argmax.
