@@ -105,24 +105,8 @@ static __device__ __forceinline__ void pdl_trigger(void) {
 /* whether cu_launch asks for programmatic serialization (cc >= 9.0 and
  * DS4_CUDA_PDL != 0) */
 bool cu_pdl_enabled(void);
-template <typename... KArgs, typename... Args>
-static inline void cu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                             Args... args) {
-    cudaLaunchConfig_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = cu_pdl_enabled() ? 1 : 0;
-    cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
-}
-
-/* cu_launch with clusters of cluster_x blocks along x (cc >= 9.0) */
+/* cu_launch with clusters of cluster_x blocks along x (cc >= 9.0; 0: no
+ * clusters) */
 template <typename... KArgs, typename... Args>
 static inline cudaError_t cu_launch_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                                             cudaStream_t st, uint32_t cluster_x, Args... args) {
@@ -133,15 +117,25 @@ static inline cudaError_t cu_launch_cluster(void (*kernel)(KArgs...), dim3 grid,
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
     cudaLaunchAttribute at[2];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = cluster_x;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[1].val.programmaticStreamSerializationAllowed = 1;
+    unsigned n = 0;
+    if (cu_pdl_enabled()) {
+        at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster_x) {
+        at[n].id = cudaLaunchAttributeClusterDimension;
+        at[n].val.clusterDim.x = cluster_x;
+        at[n].val.clusterDim.y = 1;
+        at[n++].val.clusterDim.z = 1;
+    }
     cfg.attrs = at;
-    cfg.numAttrs = cu_pdl_enabled() ? 2 : 1;
+    cfg.numAttrs = n;
     return cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
+}
+template <typename... KArgs, typename... Args>
+static inline void cu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                             Args... args) {
+    cu_launch_cluster(kernel, grid, block, smem, st, 0, args...);
 }
 
 /* Prefetches bytes [p, p + n) of a weight into L2 (16-byte aligned pieces

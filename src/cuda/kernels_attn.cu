@@ -523,85 +523,106 @@ static __device__ __forceinline__ uint32_t f2key(float f) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-/* The K largest of the n scores sc[0..n) (n > K) into sel[0..K), in index
- * order, ties at the threshold by lowest index: the whole block. */
-static __device__ void topk_select_block(const float *sc, uint32_t n, uint32_t K, uint32_t *sel,
-                                         uint32_t topk_smem_keys) {
-    __shared__ uint32_t s_hist[256];
-    __shared__ uint32_t s_cgt[32], s_ceq[32];
-    __shared__ uint32_t s_prefix, s_mask, s_want, s_gt;
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    extern __shared__ uint32_t s_keys[]; /* n keys when they fit (cu_indexer sizes it), else read from global */
-    const bool staged = n <= topk_smem_keys;
+/* The radix select's steps, shared by the one-block kernel and the cluster
+ * kernel. Keys are read from shared memory when staged, else from the
+ * scores; m keys, those of a block's slice. */
+typedef struct {
+    uint32_t prefix, mask, want, gt; /* the k-th key's bits found so far; rank left to find; keys above */
+} topk_state;
+
+static __device__ __forceinline__ uint32_t topk_key(const uint32_t *keys, const float *sc, bool staged, uint32_t i) {
+    return staged ? keys[i] : f2key(sc[i]);
+}
+
+/* the m keys into shared memory when they fit (returns whether), the state
+ * reset to "want the K-th largest" (the first pass's barrier orders both) */
+static __device__ bool topk_stage(const float *sc, uint32_t m, uint32_t K, uint32_t cap, uint32_t *keys,
+                                  topk_state *st) {
+    const bool staged = m <= cap;
     if (staged)
         #pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) s_keys[i] = f2key(sc[i]);
-    if (threadIdx.x == 0) { s_prefix = 0; s_mask = 0; s_want = K; s_gt = 0; }
-    /* radix select of the K-th largest key, 8 bits at a time from the top;
-     * the histogram adds are aggregated per warp over lanes with the same bin
-     * (scores share their top bits, so plain atomics serialise on a few bins) */
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        #pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) s_hist[i] = 0;
-        __syncthreads();
-        const uint32_t prefix = s_prefix, mask = s_mask;
-        for (uint32_t b = 0; b < n; b += blockDim.x) { /* every lane runs every round: full-warp ballots */
-            const uint32_t i = b + threadIdx.x;
-            uint32_t k = 0;
-            if (i < n) k = staged ? s_keys[i] : f2key(sc[i]);
-            const bool in = i < n && (k & mask) == prefix;
-            const unsigned act = __ballot_sync(0xffffffffu, in);
-            if (in) {
-                const uint32_t bin = (k >> shift) & 0xff;
-                const unsigned peers = __match_any_sync(act, bin);
-                if (lane == __ffs(peers) - 1) atomicAdd(&s_hist[bin], (uint32_t)__popc(peers));
-            }
+        for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) keys[i] = f2key(sc[i]);
+    if (threadIdx.x == 0) *st = {0, 0, K, 0};
+    return staged;
+}
+
+/* keys matching the state's prefix counted by their byte at shift; the adds
+ * are aggregated per warp over lanes with the same bin (scores share their
+ * top bits, so plain atomics serialise on a few bins) */
+static __device__ void topk_histogram(const uint32_t *keys, const float *sc, bool staged, uint32_t m, uint32_t prefix,
+                                      uint32_t mask, int shift, uint32_t *hist) {
+    const int lane = threadIdx.x & 31;
+    for (uint32_t b = 0; b < m; b += blockDim.x) { /* every lane runs every round: full-warp ballots */
+        const uint32_t i = b + threadIdx.x;
+        const uint32_t k = i < m ? topk_key(keys, sc, staged, i) : 0;
+        const bool in = i < m && (k & mask) == prefix;
+        const unsigned act = __ballot_sync(0xffffffffu, in);
+        if (in) {
+            const uint32_t bin = (k >> shift) & 0xff;
+            const unsigned peers = __match_any_sync(act, bin);
+            if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
         }
-        __syncthreads();
-        if (threadIdx.x < 32) { /* the bin holding the want-th largest key: warp 0, 8 bins a lane, from the top */
-            const uint32_t want = s_want;
-            uint32_t cnt = 0;
-            for (int k = 0; k < 8; k++) cnt += s_hist[255 - (lane * 8 + k)];
-            uint32_t incl = cnt; /* inclusive prefix over lanes */
-#pragma unroll
-            for (int off = 1; off < 32; off <<= 1) {
-                const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
-                if (lane >= off) incl += o;
-            }
-            const unsigned hit = __ballot_sync(0xffffffffu, incl >= want);
-            const int first = hit ? __ffs(hit) - 1 : 31;
-            if (lane == first) {
-                uint32_t acc = incl - cnt;
-                int b = 255 - lane * 8;
-                for (int k = 0; k < 7; k++, b--) {
-                    if (acc + s_hist[b] >= want) break;
-                    acc += s_hist[b];
-                }
-                s_gt += acc; /* keys above this bin (with the same prefix) */
-                s_want = want - acc;
-                s_prefix = prefix | ((uint32_t)b << shift);
-                s_mask = mask | (0xffu << shift);
-            }
-        }
-        __syncthreads();
     }
-    const uint32_t kth = s_prefix, need_eq = K - s_gt;
-    /* in-order compaction: keys above kth, and the first need_eq equal ones.
-     * Warp w owns the contiguous rows [w * seg, (w + 1) * seg): one counting
-     * pass, one block-wide exchange of the per-warp counts, one writing pass
-     * (ranks inside a warp from ballots). */
-    const uint32_t seg = (((n + nw - 1) / nw) + 31) & ~31u;
-    const uint32_t lo = min(n, (uint32_t)wid * seg), hi = min(n, lo + seg);
+}
+
+/* warp 0: the bin holding the want-th largest key (8 bins a lane, from the
+ * top), appended to the state's prefix */
+static __device__ void topk_choose_bin(const uint32_t *hist, int shift, topk_state *st) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t want = st->want;
+    uint32_t cnt = 0;
+    for (int k = 0; k < 8; k++) cnt += hist[255 - (lane * 8 + k)];
+    uint32_t incl = cnt; /* inclusive prefix over lanes */
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+    }
+    const unsigned hit = __ballot_sync(0xffffffffu, incl >= want);
+    const int first = hit ? __ffs(hit) - 1 : 31;
+    if (lane == first) {
+        uint32_t acc = incl - cnt;
+        int b = 255 - lane * 8;
+        for (int k = 0; k < 7; k++, b--) {
+            if (acc + hist[b] >= want) break;
+            acc += hist[b];
+        }
+        st->gt += acc; /* keys above this bin (with the same prefix) */
+        st->want = want - acc;
+        st->prefix |= (uint32_t)b << shift;
+        st->mask |= 0xffu << shift;
+    }
+}
+
+/* In-order compaction: keys above kth, then the first need_eq equal ones.
+ * Warp w owns the contiguous keys [w wseg, (w + 1) wseg) of the m: the
+ * counting pass leaves each warp's counts in s_cgt / s_ceq ... */
+static __device__ void topk_count(const uint32_t *keys, const float *sc, bool staged, uint32_t m, uint32_t kth,
+                                  uint32_t *s_cgt, uint32_t *s_ceq) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const uint32_t wseg = (((m + nw - 1) / nw) + 31) & ~31u;
+    const uint32_t lo = min(m, (uint32_t)wid * wseg), hi = min(m, lo + wseg);
     uint32_t c_gt = 0, c_eq = 0;
     for (uint32_t b = lo; b < hi; b += 32) {
         const uint32_t i = b + lane;
-        const uint32_t k = i < hi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
+        const uint32_t k = i < hi ? topk_key(keys, sc, staged, i) : 0;
         c_gt += __popc(__ballot_sync(0xffffffffu, i < hi && k > kth));
         c_eq += __popc(__ballot_sync(0xffffffffu, i < hi && k == kth));
     }
     if (lane == 0) { s_cgt[wid] = c_gt; s_ceq[wid] = c_eq; }
-    __syncthreads();
-    /* lane l: warp l's counts; exclusive scans give each warp's first equal rank and output slot */
+}
+
+/* ... and, after a barrier, the writing pass: exclusive scans of the warps'
+ * counts give each warp its first equal rank and output slot (after eq_off
+ * equal keys and sel_off selected ones before this slice), ranks inside a
+ * warp from ballots; key i is written as index i0 + i */
+static __device__ void topk_write(const uint32_t *keys, const float *sc, bool staged, uint32_t m, uint32_t kth,
+                                  uint32_t need_eq, uint32_t eq_off, uint32_t sel_off, uint32_t i0,
+                                  const uint32_t *s_cgt, const uint32_t *s_ceq, uint32_t *sel, uint32_t K) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const uint32_t wseg = (((m + nw - 1) / nw) + 31) & ~31u;
+    const uint32_t lo = min(m, (uint32_t)wid * wseg), hi = min(m, lo + wseg);
+    /* lane l: warp l's counts */
     const uint32_t gl = lane < nw ? s_cgt[lane] : 0, el = lane < nw ? s_ceq[lane] : 0;
     uint32_t e_incl = el;
 #pragma unroll
@@ -609,7 +630,7 @@ static __device__ void topk_select_block(const float *sc, uint32_t n, uint32_t K
         const uint32_t o = __shfl_up_sync(0xffffffffu, e_incl, off);
         if (lane >= off) e_incl += o;
     }
-    const uint32_t e_excl = e_incl - el;
+    const uint32_t e_excl = eq_off + e_incl - el;
     const uint32_t take_l = gl + (e_excl >= need_eq ? 0 : min(el, need_eq - e_excl));
     uint32_t s_incl = take_l;
 #pragma unroll
@@ -618,20 +639,44 @@ static __device__ void topk_select_block(const float *sc, uint32_t n, uint32_t K
         if (lane >= off) s_incl += o;
     }
     uint32_t eq_before = __shfl_sync(0xffffffffu, e_excl, wid);
-    uint32_t sel_before = __shfl_sync(0xffffffffu, s_incl - take_l, wid);
+    uint32_t sel_before = sel_off + __shfl_sync(0xffffffffu, s_incl - take_l, wid);
     const unsigned below = (1u << lane) - 1;
     for (uint32_t b = lo; b < hi; b += 32) {
         const uint32_t i = b + lane;
-        const uint32_t k = i < hi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
+        const uint32_t k = i < hi ? topk_key(keys, sc, staged, i) : 0;
         const bool gt = i < hi && k > kth, eq = i < hi && k == kth;
         const unsigned em = __ballot_sync(0xffffffffu, eq);
         const bool take = gt || (eq && eq_before + __popc(em & below) < need_eq);
         const unsigned tm = __ballot_sync(0xffffffffu, take);
         const uint32_t at = sel_before + __popc(tm & below);
-        if (take && at < K) sel[at] = i;
+        if (take && at < K) sel[at] = i0 + i;
         eq_before += __popc(em);
         sel_before += __popc(tm);
     }
+}
+
+/* The K largest of the n scores sc[0..n) (n > K) into sel[0..K), in index
+ * order, ties at the threshold by lowest index: the whole block, the n keys
+ * in shared memory when they fit (cu_indexer sizes it). */
+static __device__ void topk_select_block(const float *sc, uint32_t n, uint32_t K, uint32_t *sel,
+                                         uint32_t topk_smem_keys) {
+    __shared__ uint32_t s_hist[256];
+    __shared__ uint32_t s_cgt[32], s_ceq[32];
+    __shared__ topk_state s_st;
+    extern __shared__ uint32_t s_keys[];
+    const bool staged = topk_stage(sc, n, K, topk_smem_keys, s_keys, &s_st);
+    for (int shift = 24; shift >= 0; shift -= 8) { /* 8 bits a pass from the top */
+        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) s_hist[i] = 0;
+        __syncthreads();
+        topk_histogram(s_keys, sc, staged, n, s_st.prefix, s_st.mask, shift, s_hist);
+        __syncthreads();
+        if (threadIdx.x < 32) topk_choose_bin(s_hist, shift, &s_st);
+        __syncthreads();
+    }
+    const uint32_t kth = s_st.prefix, need_eq = K - s_st.gt;
+    topk_count(s_keys, sc, staged, n, kth, s_cgt, s_ceq);
+    __syncthreads();
+    topk_write(s_keys, sc, staged, n, kth, need_eq, 0, 0, 0, s_cgt, s_ceq, sel, K);
 }
 
 __global__ void __launch_bounds__(1024) indexer_topk_kernel(const float *scores, uint32_t n_cap, uint32_t K,
@@ -669,7 +714,7 @@ __global__ void __launch_bounds__(1024) indexer_topk_cluster_kernel(const float 
     cg::cluster_group cl = cg::this_cluster();
     __shared__ uint32_t s_hist[2][256], s_tot[256];
     __shared__ uint32_t s_cgt[32], s_ceq[32], s_blk[2];
-    __shared__ uint32_t s_prefix, s_mask, s_want, s_gt;
+    __shared__ topk_state s_st;
     const uint32_t rank = cl.block_rank(), t = blockIdx.y;
     const int64_t p = pos0[0] + t;
     const uint32_t n = (uint32_t)((p + 1) / 4);
@@ -684,34 +729,17 @@ __global__ void __launch_bounds__(1024) indexer_topk_cluster_kernel(const float 
         }
         return;
     }
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const uint32_t seg = ((n + TOPK_CL - 1) / TOPK_CL + 31) & ~31u;
     const uint32_t lo = min(n, rank * seg), hi = min(n, lo + seg), m = hi - lo;
     const float *sc = scores + (size_t)t * n_cap + lo;
     extern __shared__ uint32_t s_keys[]; /* the slice's keys when they fit, else read from global */
-    const bool staged = m <= seg_keys;
-    if (staged)
-        #pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) s_keys[i] = f2key(sc[i]);
-    if (threadIdx.x == 0) { s_prefix = 0; s_mask = 0; s_want = K; s_gt = 0; }
+    const bool staged = topk_stage(sc, m, K, seg_keys, s_keys, &s_st);
     int pass = 0;
     for (int shift = 24; shift >= 0; shift -= 8, pass++) {
         uint32_t *hist = s_hist[pass & 1]; /* peers read it until the next barrier: alternate */
         for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
         __syncthreads();
-        const uint32_t prefix = s_prefix, mask = s_mask;
-        for (uint32_t b = 0; b < m; b += blockDim.x) {
-            const uint32_t i = b + threadIdx.x;
-            uint32_t k = 0;
-            if (i < m) k = staged ? s_keys[i] : f2key(sc[i]);
-            const bool in = i < m && (k & mask) == prefix;
-            const unsigned act = __ballot_sync(0xffffffffu, in);
-            if (in) {
-                const uint32_t bin = (k >> shift) & 0xff;
-                const unsigned peers = __match_any_sync(act, bin);
-                if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
-            }
-        }
+        topk_histogram(s_keys, sc, staged, m, s_st.prefix, s_st.mask, shift, hist);
         cl.sync(); /* every block's histogram is complete */
         for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
             uint32_t tot = 0;
@@ -719,49 +747,15 @@ __global__ void __launch_bounds__(1024) indexer_topk_cluster_kernel(const float 
             s_tot[i] = tot;
         }
         __syncthreads();
-        if (threadIdx.x < 32) { /* indexer_topk_kernel's bin choice on the summed counts */
-            const uint32_t want = s_want;
-            uint32_t cnt = 0;
-            for (int k = 0; k < 8; k++) cnt += s_tot[255 - (lane * 8 + k)];
-            uint32_t incl = cnt;
-#pragma unroll
-            for (int off = 1; off < 32; off <<= 1) {
-                const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
-                if (lane >= off) incl += o;
-            }
-            const unsigned hit = __ballot_sync(0xffffffffu, incl >= want);
-            const int first = hit ? __ffs(hit) - 1 : 31;
-            if (lane == first) {
-                uint32_t acc = incl - cnt;
-                int b = 255 - lane * 8;
-                for (int k = 0; k < 7; k++, b--) {
-                    if (acc + s_tot[b] >= want) break;
-                    acc += s_tot[b];
-                }
-                s_gt += acc;
-                s_want = want - acc;
-                s_prefix = prefix | ((uint32_t)b << shift);
-                s_mask = mask | (0xffu << shift);
-            }
-        }
+        if (threadIdx.x < 32) topk_choose_bin(s_tot, shift, &s_st);
         __syncthreads();
     }
-    const uint32_t kth = s_prefix, need_eq = K - s_gt;
-    const uint32_t wseg = (((m + nw - 1) / nw) + 31) & ~31u;
-    const uint32_t wlo = min(m, (uint32_t)wid * wseg), whi = min(m, wlo + wseg);
-    uint32_t c_gt = 0, c_eq = 0;
-    for (uint32_t b = wlo; b < whi; b += 32) {
-        const uint32_t i = b + lane;
-        const uint32_t k = i < whi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
-        c_gt += __popc(__ballot_sync(0xffffffffu, i < whi && k > kth));
-        c_eq += __popc(__ballot_sync(0xffffffffu, i < whi && k == kth));
-    }
-    if (lane == 0) { s_cgt[wid] = c_gt; s_ceq[wid] = c_eq; }
+    const uint32_t kth = s_st.prefix, need_eq = K - s_st.gt;
+    topk_count(s_keys, sc, staged, m, kth, s_cgt, s_ceq);
     __syncthreads();
-    const uint32_t gl = lane < nw ? s_cgt[lane] : 0, el = lane < nw ? s_ceq[lane] : 0;
     if (threadIdx.x == 0) { /* the block's totals, for the later blocks */
         uint32_t g = 0, e = 0;
-        for (int w = 0; w < nw; w++) g += s_cgt[w], e += s_ceq[w];
+        for (uint32_t w = 0; w < blockDim.x / 32; w++) g += s_cgt[w], e += s_ceq[w];
         s_blk[0] = g;
         s_blk[1] = e;
     }
@@ -774,35 +768,7 @@ __global__ void __launch_bounds__(1024) indexer_topk_cluster_kernel(const float 
         sel_blk += g + (eq_blk >= need_eq ? 0 : min(e, need_eq - eq_blk));
         eq_blk += e;
     }
-    uint32_t e_incl = el;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-        const uint32_t o = __shfl_up_sync(0xffffffffu, e_incl, off);
-        if (lane >= off) e_incl += o;
-    }
-    const uint32_t e_excl = eq_blk + e_incl - el;
-    const uint32_t take_l = gl + (e_excl >= need_eq ? 0 : min(el, need_eq - e_excl));
-    uint32_t s_incl = take_l;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-        const uint32_t o = __shfl_up_sync(0xffffffffu, s_incl, off);
-        if (lane >= off) s_incl += o;
-    }
-    uint32_t eq_before = __shfl_sync(0xffffffffu, e_excl, wid);
-    uint32_t sel_before = sel_blk + __shfl_sync(0xffffffffu, s_incl - take_l, wid);
-    const unsigned below = (1u << lane) - 1;
-    for (uint32_t b = wlo; b < whi; b += 32) {
-        const uint32_t i = b + lane;
-        const uint32_t k = i < whi ? (staged ? s_keys[i] : f2key(sc[i])) : 0;
-        const bool gt = i < whi && k > kth, eq = i < whi && k == kth;
-        const unsigned em = __ballot_sync(0xffffffffu, eq);
-        const bool take = gt || (eq && eq_before + __popc(em & below) < need_eq);
-        const unsigned tm = __ballot_sync(0xffffffffu, take);
-        const uint32_t at = sel_before + __popc(tm & below);
-        if (take && at < K) sel[(size_t)t * K + at] = lo + i;
-        eq_before += __popc(em);
-        sel_before += __popc(tm);
-    }
+    topk_write(s_keys, sc, staged, m, kth, need_eq, eq_blk, sel_blk, lo, s_cgt, s_ceq, sel + (size_t)t * K, K);
     if (rank == 0 && threadIdx.x == 0) n_sel[t] = K;
     cl.sync(); /* no block leaves while a later one may still read its counts */
 #else
