@@ -776,15 +776,32 @@ __global__ void __launch_bounds__(1024) indexer_topk_cluster_kernel(const float 
 #endif
 }
 
-bool cu_topk_cluster_ok(void) {
-    static int ok = -1;
-    if (ok < 0) {
-        const char *e = getenv("DS4_CUDA_TOPK_CLUSTER");
-        int dev = 0, cc = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev);
-        ok = cc >= 9 && !(e && *e == '0');
-    }
+/* set by cu_attn_init: cc >= 9.0, a cluster of TOPK_CL blocks with the most
+ * shared memory cu_indexer gives them can be resident (asked once, before any
+ * graph capture: a launch that fails would spoil one), and not switched off */
+static bool g_topk_cluster = false;
+bool cu_topk_cluster_ok(void) { return g_topk_cluster; }
+
+static bool topk_cluster_probe(void) {
+    const char *e = getenv("DS4_CUDA_TOPK_CLUSTER");
+    int dev = 0, cc = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev);
+    if (cc < 9 || (e && *e == '0')) return false;
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = dim3(TOPK_CL, 1);
+    cfg.blockDim = dim3(1024);
+    cfg.dynamicSmemBytes = (size_t)48 * 1024 * 4;
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeClusterDimension;
+    at.val.clusterDim.x = TOPK_CL;
+    at.val.clusterDim.y = at.val.clusterDim.z = 1;
+    cfg.attrs = &at;
+    cfg.numAttrs = 1;
+    int n = 0;
+    const bool ok = cudaOccupancyMaxActiveClusters(&n, indexer_topk_cluster_kernel, &cfg) == cudaSuccess && n > 0;
+    (void)cudaGetLastError();
     return ok;
 }
 
@@ -820,10 +837,9 @@ void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale,
         uint32_t seg = ((n_cap + TOPK_CL - 1) / TOPK_CL + 31) & ~31u;
         if (seg < TOPK_CL_MIN_N) seg = TOPK_CL_MIN_N; /* block 0 alone stages up to TOPK_CL_MIN_N keys */
         const uint32_t keys = seg < 48 * 1024 ? seg : 48 * 1024;
-        if (cu_launch_cluster(indexer_topk_cluster_kernel, dim3(TOPK_CL, T), 1024, (size_t)keys * 4, st, TOPK_CL, scores,
-                              n_cap, K, pos0, sel, n_sel, keys) == cudaSuccess)
-            return;
-        (void)cudaGetLastError(); /* not launchable here: the one-block kernel */
+        cu_launch_cluster(indexer_topk_cluster_kernel, dim3(TOPK_CL, T), 1024, (size_t)keys * 4, st, TOPK_CL, scores,
+                          n_cap, K, pos0, sel, n_sel, keys);
+        return;
     }
     const uint32_t staged = n_cap < 48 * 1024 ? n_cap : 48 * 1024; /* up to 192 KiB of shared memory */
     cu_launch(indexer_topk_kernel, T, 1024, (size_t)staged * 4, st, scores, n_cap, K, pos0, sel, n_sel, staged);
@@ -1018,5 +1034,6 @@ bool cu_attn_init(char *err, size_t errlen) {
           errlen, "top-k shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_topk_cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024),
           err, errlen, "top-k (cluster) shared memory");
+    g_topk_cluster = topk_cluster_probe();
     return true;
 }
