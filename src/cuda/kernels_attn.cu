@@ -780,6 +780,9 @@ __global__ void __launch_bounds__(1024) indexer_topk_cluster_kernel(const float 
  * shared memory cu_indexer gives them can be resident (asked once, before any
  * graph capture: a launch that fails would spoil one), and not switched off */
 static bool g_topk_cluster = false;
+/* keys the top-k kernels stage in shared memory at most (48K, fewer on cards
+ * with less opt-in shared memory a block; the rest are read from global) */
+static uint32_t g_topk_keys = 48 * 1024;
 bool cu_topk_cluster_ok(void) { return g_topk_cluster; }
 
 static bool topk_cluster_probe(void) {
@@ -792,7 +795,7 @@ static bool topk_cluster_probe(void) {
     memset(&cfg, 0, sizeof cfg);
     cfg.gridDim = dim3(TOPK_CL, 1);
     cfg.blockDim = dim3(1024);
-    cfg.dynamicSmemBytes = (size_t)48 * 1024 * 4;
+    cfg.dynamicSmemBytes = (size_t)g_topk_keys * 4;
     cudaLaunchAttribute at;
     at.id = cudaLaunchAttributeClusterDimension;
     at.val.clusterDim.x = TOPK_CL;
@@ -836,12 +839,12 @@ void cu_indexer(cudaStream_t st, const float *qi, const float *wi, float wscale,
     if (T == 1 && topk_cluster && n_cap > TOPK_CL_MIN_N && cu_topk_cluster_ok()) {
         uint32_t seg = ((n_cap + TOPK_CL - 1) / TOPK_CL + 31) & ~31u;
         if (seg < TOPK_CL_MIN_N) seg = TOPK_CL_MIN_N; /* block 0 alone stages up to TOPK_CL_MIN_N keys */
-        const uint32_t keys = seg < 48 * 1024 ? seg : 48 * 1024;
+        const uint32_t keys = seg < g_topk_keys ? seg : g_topk_keys;
         cu_launch_cluster(indexer_topk_cluster_kernel, dim3(TOPK_CL, T), 1024, (size_t)keys * 4, st, TOPK_CL, scores,
                           n_cap, K, pos0, sel, n_sel, keys);
         return;
     }
-    const uint32_t staged = n_cap < 48 * 1024 ? n_cap : 48 * 1024; /* up to 192 KiB of shared memory */
+    const uint32_t staged = n_cap < g_topk_keys ? n_cap : g_topk_keys; /* up to 192 KiB of shared memory */
     cu_launch(indexer_topk_kernel, T, 1024, (size_t)staged * 4, st, scores, n_cap, K, pos0, sel, n_sel, staged);
 }
 
@@ -1022,17 +1025,27 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
 }
 
 bool cu_attn_init(char *err, size_t errlen) {
-    CU_OK(cudaFuncSetAttribute(attn_part_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024), err,
+    /* the caps below are asked only up to what the card allows a block (the
+     * kernels' real needs are smaller, the top-k's staging adapts) */
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    CU_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), err, errlen,
+          "shared memory limit");
+    auto cap = [&](int bytes) { return bytes < optin ? bytes : optin; };
+    g_topk_keys = (uint32_t)((cap(200 * 1024) - 8 * 1024) / 4); /* 8 KiB left for the kernels' static arrays */
+    if (g_topk_keys > 48 * 1024) g_topk_keys = 48 * 1024;
+    CU_OK(cudaFuncSetAttribute(attn_part_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, cap(160 * 1024)), err,
           errlen, "attention shared memory");
-    CU_OK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024), err,
+    CU_OK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cap(160 * 1024)), err,
           errlen, "indexer shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                (int)(IDXM_TT * 8 * IDXM_MAXNT * (16 * IDXM_MAXKS + 8) * sizeof(__nv_bfloat16) +
                                      IDXM_TT * 8 * IDXM_MAXNT * sizeof(float))),
           err, errlen, "indexer (tensor cores) shared memory");
-    CU_OK(cudaFuncSetAttribute(indexer_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024), err,
+    CU_OK(cudaFuncSetAttribute(indexer_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, g_topk_keys * 4), err,
           errlen, "top-k shared memory");
-    CU_OK(cudaFuncSetAttribute(indexer_topk_cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024),
+    CU_OK(cudaFuncSetAttribute(indexer_topk_cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               g_topk_keys * 4),
           err, errlen, "top-k (cluster) shared memory");
     g_topk_cluster = topk_cluster_probe();
     return true;
