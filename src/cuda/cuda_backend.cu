@@ -16,8 +16,10 @@
  *   state_to_host / state_from_host   the engine.h host state around session
  *                  save/load, so session files are the CPU's
  *
- * Set DS4_CUDA_SYNC=1 to synchronise and check after every kernel (names the
- * failing step), DS4_CUDA_GRAPH=0 to launch decode steps without a graph.
+ * The two halves of a layer are in cuda_layers.cu, the state types they
+ * share in cuda_backend.cuh. Set DS4_CUDA_SYNC=1 to synchronise and check
+ * after every kernel (names the failing step), DS4_CUDA_GRAPH=0 to launch
+ * decode steps without a graph.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_internal.cuh"
+#include "cuda_backend.cuh"
 #include "ds4_cuda.h"
 
 extern "C" {
@@ -36,34 +38,7 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 /* model */
 
-typedef struct {
-    dweight hc_attn_fn, hc_ffn_fn, q_a, q_b, kv, out_a, out_b, comp_ape, comp_kv, comp_gate;
-    dweight idx_q_b, idx_proj, idx_ape, idx_kv, idx_gate, router, gate_exps, up_exps, down_exps, gate_sh, up_sh,
-        down_sh;
-    const float *hc_attn_scale, *hc_attn_base, *hc_ffn_scale, *hc_ffn_base, *attn_norm, *q_a_norm, *kv_norm, *sinks;
-    const float *comp_norm, *idx_norm, *ffn_norm, *expert_bias;
-    const int32_t *tid2eid;
-} cu_layer;
-
-typedef struct cu_model : cu_alloc {
-    std::vector<cu_layer> L;
-    dweight tok_embd, out_hc_fn, output;
-    const float *out_hc_base, *out_hc_scale, *out_norm;
-    float *rope_main, *rope_comp;
-    bool sync_each; /* DS4_CUDA_SYNC */
-    bool use_graph; /* DS4_CUDA_GRAPH */
-    cudaStream_t side;  /* independent branches of a layer (KV row, compressors, shared expert) */
-    cudaEvent_t fork_ev[2], join_ev[2];
-    bool concurrent;    /* DS4_CUDA_STREAMS != 0 */
-    bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
-    bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
-    bool q_in_attn;     /* decode: the attention kernel does the query heads' norm + RoPE (DS4_CUDA_Q_IN_ATTN != 0) */
-    bool route_in_router; /* decode: the router's last block routes the token (DS4_CUDA_ROUTE_IN_ROUTER != 0) */
-    bool hc_gram;       /* decode: hc_post forms R's Gram partials, hc_pre collapses over many blocks (DS4_CUDA_HC_GRAM != 0) */
-    bool split_side;    /* ... and the Sinkhorn split runs on the side stream (DS4_CUDA_HC_SPLIT_SIDE != 0) */
-} cu_model;
-
-static cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
+/* cu_layer, cu_model: cuda_backend.cuh */
 
 /* Programmatic dependent launch (cuda_internal.cuh): on for cc >= 9.0 unless
  * DS4_CUDA_PDL=0; switched off for good if a graph with it fails to build. */
@@ -434,36 +409,7 @@ static void cu_model_free(ds4_model *m) {
 /* ------------------------------------------------------------------------ */
 /* session */
 
-typedef struct {
-    float *raw, *comp, *comp_kv, *comp_sc, *idx, *idx_kv, *idx_sc;
-    uint32_t comp_cap;
-} cu_lstate;
-
-typedef struct {
-    std::vector<cu_lstate> ls;
-    void *state_mem, *scratch_mem;
-    size_t state_bytes, scratch_bytes;
-    uint32_t T_cap, splits1, splitsT, lchunk;
-    /* device scratch */
-    int32_t *tokens, *next;
-    int64_t *pos0;
-    float *R, *mix, *pre, *post, *comb, *kvb, *q, *pkv, *psc, *ikv, *isc, *wi, *qi, *pooled, *ipooled, *scores;
-    float *part, *y, *rl, *sg, *su, *g, *u, *ye, *ysh, *wts, *logits, *hcpart, *amax;
-    size_t part_floats;
-    double *hcgram; /* the Gram partials of R a decode hc_post forms for the next hc_pre */
-    int32_t *ids, *cnt, *off, *list;
-    uint32_t *sel, *n_sel;
-    dact a, qa, o, low, f, sh, h, hx;
-    /* pinned host */
-    int32_t *h_tokens;
-    int64_t *h_pos0;
-    float *h_logits;
-    /* decode graph */
-    cudaGraphExec_t graph[2]; /* [topk_cluster]: the decode step for short / long contexts */
-    bool graph_ready[2];
-} cu_session;
-
-static cu_session *CS(const ds4_session *s) { return (cu_session *)s->bk; }
+/* cu_lstate, cu_session: cuda_backend.cuh */
 
 /* bump allocator over one cudaMalloc, 256-byte aligned pieces */
 typedef struct {
@@ -721,35 +667,19 @@ static void cu_state_from_host(ds4_session *s) {
 /* ------------------------------------------------------------------------ */
 /* forward */
 
-typedef struct {
-    const char *label;
-    cudaEvent_t ev;
-} prof_mark;
-
-typedef struct {
-    const ds4_session *s;
-    cu_model *cm;
-    cu_session *cs;
-    const char *failed; /* first kernel that failed (sync mode) */
-    cudaError_t error;
-    std::vector<prof_mark> *marks; /* ds4_cuda_profile_decode: an event after each step */
-    uint32_t mix_S; /* cs->hcpart holds the next hyper-connection's mix partials
-                       (from the last hc_post), in mix_S slices; 0: not formed */
-    bool gram;      /* cs->hcgram holds R's Gram partials (from the last hc_post) */
-    bool topk_cluster; /* decode at a long context: the indexer's top-k over a cluster of blocks */
-} fwd;
+/* prof_mark, fwd: cuda_backend.cuh */
 
 /* The side stream for a layer's independent branches; the main stream when
  * profiling or synchronising per step (so both see one ordered sequence). */
-static cudaStream_t side_of(const fwd *F) {
+cudaStream_t side_of(const fwd *F) {
     return F->cm->concurrent && !F->marks && !F->cm->sync_each ? F->cm->side : F->cm->st;
 }
-static void fork_side(fwd *F, int i) {
+void fork_side(fwd *F, int i) {
     if (side_of(F) == F->cm->st) return;
     cudaEventRecord(F->cm->fork_ev[i], F->cm->st);
     cudaStreamWaitEvent(F->cm->side, F->cm->fork_ev[i], 0);
 }
-static void join_side(fwd *F, int i) {
+void join_side(fwd *F, int i) {
     if (side_of(F) == F->cm->st) return;
     cudaEventRecord(F->cm->join_ev[i], F->cm->side);
     cudaStreamWaitEvent(F->cm->st, F->cm->join_ev[i], 0);
@@ -763,7 +693,7 @@ static void join_side(fwd *F, int i) {
  * graph carry a launch gap each). ds4-bench --skip-sweep walks them. */
 static std::string g_skip;
 static bool g_skip_env;
-static bool skipped(const char *what, uint32_t T) {
+bool skipped(const char *what, uint32_t T) {
     if (!g_skip_env) {
         const char *e = getenv("DS4_CUDA_SKIP");
         if (e) g_skip = e;
@@ -825,7 +755,7 @@ static void steptime_mark(const char *what) {
     g_step_t0 = t;
 }
 
-static void kcheck(fwd *f, const char *what) {
+void kcheck(fwd *f, const char *what) {
     if (g_steptime_chunk) steptime_mark(what);
     if (f->marks) {
         prof_mark pm = {what, NULL};
@@ -842,327 +772,7 @@ static void kcheck(fwd *f, const char *what) {
     }
 }
 
-/* Decode: a with only the quantized forms its consumers' products read
- * (Q8_0 weights the Q8_0 form, K-quants and IQ2_XXS the Q8_K form, float
- * weights the floats), so the producer skips writing the others; the floats
- * are dropped only when drop_f says nothing else reads them either. */
-static dact forms_for(dact a, std::initializer_list<const dweight *> consumers, bool drop_f = false) {
-    bool q8 = false, qk = false, f = !drop_f;
-    for (const dweight *w : consumers) {
-        if (!w || !w->q) continue;
-        q8 = q8 || w->type == DS4_TYPE_Q8_0;
-        qk = qk || w->type == DS4_TYPE_Q2_K || w->type == DS4_TYPE_Q4_K || w->type == DS4_TYPE_IQ2_XXS;
-        f = f || w->type == DS4_TYPE_F32 || w->type == DS4_TYPE_F16 || w->type == DS4_TYPE_BF16;
-    }
-    if (!q8) a.q8 = NULL, a.d8 = NULL;
-    if (!qk) a.qk = NULL, a.dk = NULL, a.bk = NULL;
-    if (!f) a.f = NULL;
-    return a;
-}
-
-static mv_job job(const dweight &w, act_view x, float *y, uint32_t y_stride) {
-    mv_job j;
-    memset(&j, 0, sizeof j);
-    j.w = w;
-    j.n_pairs = 1;
-    j.n_rows = w.n_out;
-    j.x = x;
-    j.y = y;
-    j.y_stride = y_stride;
-    return j;
-}
-
-/* ds4_session_trace_indexer: the selection of every position, as the CPU
- * records it (diagnostic; synchronises) */
-static void trace_indexer(fwd *F, uint32_t il, uint32_t T) {
-    const ds4_session *s = F->s;
-    const ds4_hparams *hp = s->m->hp;
-    const uint32_t K = hp->indexer_top_k;
-    std::vector<uint32_t> sel((size_t)T * K), n_sel(T);
-    cudaMemcpyAsync(sel.data(), F->cs->sel, sel.size() * 4, cudaMemcpyDeviceToHost, F->cm->st);
-    cudaMemcpyAsync(n_sel.data(), F->cs->n_sel, (size_t)T * 4, cudaMemcpyDeviceToHost, F->cm->st);
-    cudaStreamSynchronize(F->cm->st);
-    uint32_t slot = 0;
-    for (uint32_t l = 0; l < il; l++) slot += hp->compress_ratio[l] == 4;
-    for (uint32_t t = 0; t < T; t++) {
-        const uint64_t p = s->n_tokens + t;
-        if (p >= s->trace_positions) continue;
-        int32_t *out = s->trace_topk + ((size_t)slot * s->trace_positions + p) * K;
-        const bool all = n_sel[t] == 0xffffffffu;
-        const uint32_t n = all ? (uint32_t)((p + 1) / 4) : n_sel[t];
-        for (uint32_t i = 0; i < K; i++) out[i] = i < n ? (int32_t)(all ? i : sel[(size_t)t * K + i]) : -1;
-    }
-}
-
-static void attention_layer(fwd *F, uint32_t il, uint32_t T) {
-    const ds4_model *m = F->s->m;
-    const ds4_hparams *hp = m->hp;
-    cu_model *cm = F->cm;
-    cu_session *cs = F->cs;
-    const cu_layer *L = &cm->L[il];
-    cu_lstate *st = &cs->ls[il];
-    cudaStream_t sm = cm->st;
-    const uint32_t C = hp->n_hc, E = hp->n_embd, H = hp->n_head, D = hp->head_dim, Q = hp->q_lora_rank;
-    const uint32_t ratio = hp->compress_ratio[il], G = hp->n_out_group, OR = hp->o_lora_rank;
-    const uint32_t I = hp->n_indexer_head, ID = hp->indexer_head_dim, W = (ratio == 4 ? 2 : 1) * D;
-    const float eps = (float)hp->rms_eps;
-    const float *rope = ratio ? cm->rope_comp : cm->rope_main;
-
-    if (!F->mix_S) {
-        F->mix_S = cu_hc_mix(sm, L->hc_attn_fn, cs->R, T, C * E, eps, cs->hcpart);
-        kcheck(F, "hc mix (attention)");
-    }
-    hc_params hcp = {L->hc_attn_scale, L->hc_attn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
-    F->mix_S = 0;
-    /* with the Gram path the Sinkhorn split (read first by hc_post) goes on the side branch */
-    const bool split_side = F->gram && cm->split_side && cu_hc_pre_gram_ok(hcp, T, E) && !skipped("hc pre (attention)", T);
-    dact a_out = cs->a;
-    if (T == 1)
-        a_out = forms_for(cs->a, {&L->q_a, &L->kv, ratio ? &L->comp_kv : NULL, ratio ? &L->comp_gate : NULL,
-                                  ratio == 4 ? &L->idx_kv : NULL, ratio == 4 ? &L->idx_gate : NULL,
-                                  ratio == 4 ? &L->idx_proj : NULL});
-    if (!skipped("hc pre (attention)", T))
-        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->attn_norm, eps, cs->pre, cs->post, cs->comb, a_out,
-                  F->gram ? cs->hcgram : NULL, split_side);
-    F->gram = false;
-    kcheck(F, "hc pre (attention)");
-
-    mv_job jb[8];
-    int nj = 0;
-    jb[nj++] = job(L->q_a, av_of(cs->a), cs->qa.f, Q);
-    jb[nj++] = job(L->kv, av_of(cs->a), cs->kvb, D);
-    if (ratio) {
-        jb[nj++] = job(L->comp_kv, av_of(cs->a), cs->pkv, W);
-        jb[nj++] = job(L->comp_gate, av_of(cs->a), cs->psc, W);
-    }
-    if (ratio == 4) {
-        jb[nj++] = job(L->idx_kv, av_of(cs->a), cs->ikv, 2 * ID);
-        jb[nj++] = job(L->idx_gate, av_of(cs->a), cs->isc, 2 * ID);
-        jb[nj++] = job(L->idx_proj, av_of(cs->a), cs->wi, I);
-    }
-    if (!skipped("attention input projections", T)) cu_matvec(sm, jb, nj, T);
-    kcheck(F, "attention input projections");
-    /* side branch: the KV row and the compressors (they need only a's projections) */
-    const cudaStream_t ss = side_of(F);
-    fork_side(F, 0);
-    const kvrow_params kp = {D, L->kv_norm, eps, hp->n_rot, rope, !m->exact, m->f16_rounding, st->raw, F->s->raw_cap};
-    const comp_job ca = {{ratio, D, hp->n_rot, cm->rope_comp, L->comp_norm, false, !m->exact, m->f16_rounding, eps},
-                         L->comp_ape, cs->pkv, cs->psc, st->comp_kv, st->comp_sc, cs->pooled, st->comp};
-    const comp_job ci = {{4, ID, hp->n_rot, cm->rope_comp, L->idx_norm, true, !m->exact, false, eps},
-                         L->idx_ape, cs->ikv, cs->isc, st->idx_kv, st->idx_sc, cs->ipooled, st->idx};
-    if (T == 1 && cm->side_fused) { /* one launch for the three (DS4_CUDA_SIDE_FUSED=0: separate) */
-        if (!skipped("kv row + compressors", T))
-            cu_side_decode(ss, kp, cs->kvb, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, cs->pos0);
-        kcheck(F, "kv row + compressors");
-    } else {
-        cu_kv_store(ss, kp, cs->kvb, T, cs->pos0);
-        kcheck(F, "kv row store");
-        for (const comp_job *cj : {&ca, &ci}) {
-            if (!ratio || (cj == &ci && ratio != 4)) continue;
-            cu_compress(ss, *cj, T, cs->pos0);
-            kcheck(F, cj == &ca ? "attention compressor" : "indexer compressor");
-        }
-    }
-    if (split_side) {
-        cu_hc_split(ss, hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
-        kcheck(F, "hc split (attention)");
-    }
-    /* main branch: the queries */
-    /* (in place; only the q_b products read the normed row: its floats are dropped when they take a quantized form) */
-    dact qa_out = T == 1 ? forms_for(cs->qa, {&L->q_b, ratio == 4 ? &L->idx_q_b : NULL}, true) : cs->qa;
-    if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, qa_out, L->q_a_norm, T, Q, eps);
-    kcheck(F, "q_a norm");
-    nj = 0;
-    jb[nj++] = job(L->q_b, av_of(cs->qa), cs->q, H * D);
-    if (ratio == 4) jb[nj++] = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
-    if (!skipped("q_b", T)) cu_matvec(sm, jb, nj, T);
-    kcheck(F, "q_b");
-    /* decode: the attention kernel normalises and rotates the query heads
-     * itself (one launch fewer; DS4_CUDA_Q_IN_ATTN=0: here) */
-    const bool q_in_attn = T == 1 && cm->q_in_attn;
-    const bool both_heads = T == 1 && ratio == 4 && !q_in_attn; /* both sets of heads in one launch */
-    if (both_heads) {
-        const head_job hq = {cs->q, H, D, hp->n_rot, rope, 1, 0, 0};
-        const head_job hi = {cs->qi, I, ID, hp->n_rot, cm->rope_comp, 0, 0, !m->exact};
-        if (!skipped("q heads norm+rope", T)) cu_head_post2(sm, hq, hi, T, cs->pos0, eps);
-    } else if (!q_in_attn && !skipped("q heads norm+rope", T)) {
-        cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
-    }
-    kcheck(F, "q heads norm+rope");
-    if (ratio == 4 && !both_heads && !skipped("indexer queries", T)) {
-        cu_head_post(sm, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
-        kcheck(F, "indexer queries");
-    }
-    join_side(F, 0);
-    if (ratio == 4 && !skipped("indexer scores + top-k", T)) {
-        const float wscale = 1.0f / sqrtf((float)ID * (float)I);
-        cu_indexer(sm, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0, cs->scores,
-                   cs->sel, cs->n_sel, !m->exact, T == 1 && F->topk_cluster);
-        kcheck(F, "indexer scores + top-k");
-        if (F->s->trace_topk) trace_indexer(F, il, T);
-    }
-    attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
-                      st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps};
-    const uint32_t splits = T == 1 ? cs->splits1 : cs->splitsT;
-    /* prefill chunks on tensor cores (with the BF16 products; FP16 needs the
-     * F16-rounded KV rows of a non-exact model), else the exact kernel */
-    const bool tc = T >= cu_mma_min_T() && !m->exact && m->f16_rounding &&
-                    cu_attention_tc(sm, ap, cs->q, T, cs->pos0, cs->o.f);
-    if (!tc && !skipped("attention", T)) {
-        const dact o_out = T == 1 ? forms_for(cs->o, {&L->out_a}) : cs->o; /* (out_a reads one form) */
-        cu_attention(sm, ap, cs->q, T, cs->pos0, cs->part, cs->part_floats, splits, cs->o.f, &o_out);
-    }
-    kcheck(F, "attention");
-    const uint32_t GW = H * D / G;
-    /* out_a group g: rows [g OR, g OR + OR) against o's columns [g GW, g GW + GW) */
-    auto out_a_job = [&](uint32_t g) {
-        mv_job j = job(L->out_a, av_of(cs->o, g * GW), cs->low.f + (size_t)g * OR, G * OR);
-        j.row0 = g * OR;
-        j.n_rows = OR;
-        return j;
-    };
-    /* o's quantized forms: the exact attention writes them when D % 256 == 0;
-     * after the tensor-core one only if an out_a product reads them */
-    bool need_q = D % 256 != 0;
-    for (uint32_t g = 0; tc && g < G && !need_q; g++) need_q = !cu_mma_dense_ok(out_a_job(g), T);
-    if (need_q && !skipped("attention", T)) {
-        cu_quantize(sm, cs->o.f, H * D, T, cs->o);
-        kcheck(F, "quantize o");
-    }
-    nj = 0;
-    for (uint32_t g = 0; g < G; g++) {
-        jb[nj++] = out_a_job(g);
-        if (nj == 8 || g + 1 == G) {
-            if (!skipped("out_a", T)) cu_matvec(sm, jb, nj, T);
-            nj = 0;
-        }
-    }
-    kcheck(F, "out_a");
-    jb[0] = job(L->out_b, av_of(cs->low), cs->y, E);
-    if (!cu_mma_dense_ok(jb[0], T) && !skipped("quantize low", T)) { /* the tensor-core product reads the floats */
-        cu_quantize(sm, cs->low.f, G * OR, T, cs->low);
-        kcheck(F, "quantize low");
-    }
-    if (!skipped("out_b", T)) cu_matvec(sm, jb, 1, T);
-    kcheck(F, "out_b");
-    F->mix_S = skipped("hc post (attention)", T)
-                   ? cu_hc_post_splits(E)
-                   : cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart, NULL, NULL, 0,
-                                cm->hc_gram ? cs->hcgram : NULL, &F->gram);
-    kcheck(F, "hc post (attention)");
-}
-
-static void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
-    const ds4_model *m = F->s->m;
-    const ds4_hparams *hp = m->hp;
-    cu_model *cm = F->cm;
-    cu_session *cs = F->cs;
-    const cu_layer *L = &cm->L[il];
-    cudaStream_t sm = cm->st;
-    const uint32_t C = hp->n_hc, E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used, FF = hp->n_ff_exp;
-    const float eps = (float)hp->rms_eps, clamp = hp->swiglu_clamp[il];
-
-    if (!F->mix_S) {
-        F->mix_S = cu_hc_mix(sm, L->hc_ffn_fn, cs->R, T, C * E, eps, cs->hcpart);
-        kcheck(F, "hc mix (ffn)");
-    }
-    hc_params hcp = {L->hc_ffn_scale, L->hc_ffn_base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
-    F->mix_S = 0;
-    const bool split_side = F->gram && cm->split_side && cu_hc_pre_gram_ok(hcp, T, E) && !skipped("hc pre (ffn)", T);
-    if (!skipped("hc pre (ffn)", T))
-        cu_hc_pre(sm, hcp, cs->hcpart, cs->R, T, E, L->ffn_norm, eps, cs->pre, cs->post, cs->comb, cs->f,
-                  F->gram ? cs->hcgram : NULL, split_side);
-    F->gram = false;
-    kcheck(F, "hc pre (ffn)");
-    mv_job jb[4];
-    jb[0] = job(L->router, av_of(cs->f), cs->rl, X);
-    jb[0].exact = 1;
-    jb[1] = job(L->gate_sh, av_of(cs->f), cs->sg, FF);
-    jb[2] = job(L->up_sh, av_of(cs->f), cs->su, FF);
-    const cudaStream_t ss = side_of(F);
-    mv_job dsh = job(L->down_sh, av_of(cs->sh), cs->ysh, E);
-    const route_args ra = {K, cs->tokens, ds4_layer_is_hash(hp, il) ? L->tid2eid : NULL, L->expert_bias,
-                           hp->expert_weights_norm, (float)hp->expert_weights_scale, cs->ids, cs->wts};
-    bool routed = false; /* the router launch also routed the token */
-    if (T == 1 && cm->router_alone && cu_router_decode_ok(L->router, av_of(cs->f))) {
-        /* decode: the whole shared expert on the side stream, the router
-         * alone on the main one (the routing no longer waits for the shared
-         * gate/up; DS4_CUDA_ROUTER_ALONE=0: the launch below) */
-        fork_side(F, 1);
-        if (!skipped("shared expert", T)) {
-            cu_matvec(ss, jb + 1, 2, T);
-            cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
-            cu_matvec(ss, &dsh, 1, T);
-        }
-        kcheck(F, "shared expert");
-        /* and the routing by the router's last block (DS4_CUDA_ROUTE_IN_ROUTER=0: its own launch) */
-        routed = cm->route_in_router && X <= 1024 && K <= ROUTE_MAX_K;
-        if (!skipped("router", T)) cu_router_decode(sm, L->router, av_of(cs->f), cs->rl, routed ? &ra : NULL);
-        kcheck(F, "router");
-    } else {
-        if (!skipped("router + shared gate/up", T)) cu_matvec(sm, jb, 3, T);
-        kcheck(F, "router + shared gate/up");
-        fork_side(F, 1);
-        /* side branch: the shared expert's SwiGLU and down projection */
-        if (!skipped("shared swiglu + down", T)) {
-            cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
-            cu_matvec(ss, &dsh, 1, T);
-        }
-        kcheck(F, "shared swiglu + down");
-    }
-    if (!routed && !skipped("route", T)) cu_route(sm, cs->rl, T, X, ra);
-    kcheck(F, "route");
-    if (T == 1) {
-        mv_job g = job(L->gate_exps, av_of(cs->f), cs->g, FF);
-        g.mat_ids = cs->ids;
-        g.n_pairs = K;
-        g.x_pair = 0;
-        g.y_pair = 1;
-        mv_job u = g;
-        u.w = L->up_exps;
-        u.y = cs->u;
-        jb[0] = g;
-        jb[1] = u;
-        if (!skipped("experts gate/up", T)) cu_matvec(sm, jb, 2, 1);
-        kcheck(F, "experts gate/up");
-        dact h_out = forms_for(cs->h, {&L->down_exps});
-        if (!skipped("experts swiglu", T)) cu_swiglu(sm, cs->g, cs->u, cs->wts, K, FF, clamp, h_out);
-        kcheck(F, "experts swiglu");
-        mv_job d = job(L->down_exps, av_of(cs->h), cs->ye, E);
-        d.mat_ids = cs->ids;
-        d.n_pairs = K;
-        d.x_pair = 1;
-        d.y_pair = 1;
-        d.ids_early = 1; /* route ran three launches back: the down rows can be prefetched under SwiGLU */
-        if (!skipped("experts down", T)) cu_matvec(sm, &d, 1, 1);
-    } else {
-        cu_moe_sort(sm, cs->ids, T * K, X, cs->cnt, cs->off, cs->list);
-        /* gate, up and SwiGLU in one tensor-core launch when it applies */
-        if (cu_mma_moe_swiglu(sm, L->gate_exps, L->up_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->wts,
-                              clamp, cs->h.f, FF, T)) {
-            if (!cu_mma_moe_ok(L->down_exps, av_of(cs->h), T)) cu_quantize(sm, cs->h.f, FF, T * K, cs->h);
-        } else {
-            cu_moe_mm(sm, L->gate_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->g, FF, T);
-            cu_moe_mm(sm, L->up_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->f), K, cs->u, FF, T);
-            cu_swiglu(sm, cs->g, cs->u, cs->wts, T * K, FF, clamp, cs->h);
-        }
-        cu_moe_mm(sm, L->down_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->h), 1, cs->ye, E, T);
-    }
-    kcheck(F, "experts down");
-    if (split_side) { /* the Sinkhorn split for this layer's hc_post, last on the side branch */
-        cu_hc_split(ss, hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
-        kcheck(F, "hc split (ffn)");
-    }
-    join_side(F, 1);
-    /* the next mix: the next layer's attention, or the output head of a decode step */
-    const dweight *next = il + 1 < hp->n_layer ? &cm->L[il + 1].hc_attn_fn : T == 1 ? &cm->out_hc_fn : NULL;
-    /* the expert sum (shared + routed rows in the CPU's order) happens inside */
-    F->mix_S = skipped("expert sum + hc post (ffn)", T)
-                   ? cu_hc_post_splits(E)
-                   : cu_hc_post(sm, cs->R, cs->ysh, cs->post, cs->comb, T, C, E, next, cs->hcpart, cs->ye, cs->ids, K,
-                                cm->hc_gram && il + 1 < hp->n_layer ? cs->hcgram : NULL, &F->gram);
-    kcheck(F, "expert sum + hc post (ffn)");
-}
+/* the layer halves (attention_layer, ffn_layer): cuda_layers.cu */
 
 /* HC head + output norm + LM head for tokens [t0, t0+n) -> cs->logits */
 static void output_head(fwd *F, uint32_t t0, uint32_t n) {

@@ -1,0 +1,121 @@
+/* cuda_backend.cuh - the CUDA backend's private state: the device model
+ * (weights per layer, streams, A/B switches), the session (KV state and
+ * scratch on the device, the decode graphs) and the forward pass's context,
+ * shared by cuda_backend.cu (model, session, forward plumbing, the bench and
+ * profile entry points) and cuda_layers.cu (the two halves of a layer). */
+#ifndef DS4_CUDA_BACKEND_CUH
+#define DS4_CUDA_BACKEND_CUH
+
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "cuda_internal.cuh"
+
+typedef struct {
+    dweight hc_attn_fn, hc_ffn_fn, q_a, q_b, kv, out_a, out_b, comp_ape, comp_kv, comp_gate;
+    dweight idx_q_b, idx_proj, idx_ape, idx_kv, idx_gate, router, gate_exps, up_exps, down_exps, gate_sh, up_sh,
+        down_sh;
+    const float *hc_attn_scale, *hc_attn_base, *hc_ffn_scale, *hc_ffn_base, *attn_norm, *q_a_norm, *kv_norm, *sinks;
+    const float *comp_norm, *idx_norm, *ffn_norm, *expert_bias;
+    const int32_t *tid2eid;
+} cu_layer;
+
+typedef struct cu_model : cu_alloc {
+    std::vector<cu_layer> L;
+    dweight tok_embd, out_hc_fn, output;
+    const float *out_hc_base, *out_hc_scale, *out_norm;
+    float *rope_main, *rope_comp;
+    bool sync_each; /* DS4_CUDA_SYNC */
+    bool use_graph; /* DS4_CUDA_GRAPH */
+    cudaStream_t side;  /* independent branches of a layer (KV row, compressors, shared expert) */
+    cudaEvent_t fork_ev[2], join_ev[2];
+    bool concurrent;    /* DS4_CUDA_STREAMS != 0 */
+    bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
+    bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
+    bool q_in_attn;     /* decode: the attention kernel does the query heads' norm + RoPE (DS4_CUDA_Q_IN_ATTN != 0) */
+    bool route_in_router; /* decode: the router's last block routes the token (DS4_CUDA_ROUTE_IN_ROUTER != 0) */
+    bool hc_gram;       /* decode: hc_post forms R's Gram partials, hc_pre collapses over many blocks (DS4_CUDA_HC_GRAM != 0) */
+    bool split_side;    /* ... and the Sinkhorn split runs on the side stream (DS4_CUDA_HC_SPLIT_SIDE != 0) */
+} cu_model;
+
+static inline cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
+
+typedef struct {
+    float *raw, *comp, *comp_kv, *comp_sc, *idx, *idx_kv, *idx_sc;
+    uint32_t comp_cap;
+} cu_lstate;
+
+typedef struct {
+    std::vector<cu_lstate> ls;
+    void *state_mem, *scratch_mem;
+    size_t state_bytes, scratch_bytes;
+    uint32_t T_cap, splits1, splitsT, lchunk;
+    /* device scratch */
+    int32_t *tokens, *next;
+    int64_t *pos0;
+    float *R, *mix, *pre, *post, *comb, *kvb, *q, *pkv, *psc, *ikv, *isc, *wi, *qi, *pooled, *ipooled, *scores;
+    float *part, *y, *rl, *sg, *su, *g, *u, *ye, *ysh, *wts, *logits, *hcpart, *amax;
+    size_t part_floats;
+    double *hcgram; /* the Gram partials of R a decode hc_post forms for the next hc_pre */
+    int32_t *ids, *cnt, *off, *list;
+    uint32_t *sel, *n_sel;
+    dact a, qa, o, low, f, sh, h, hx;
+    /* pinned host */
+    int32_t *h_tokens;
+    int64_t *h_pos0;
+    float *h_logits;
+    /* decode graph */
+    cudaGraphExec_t graph[2]; /* [topk_cluster]: the decode step for short / long contexts */
+    bool graph_ready[2];
+} cu_session;
+
+static inline cu_session *CS(const ds4_session *s) { return (cu_session *)s->bk; }
+
+typedef struct {
+    const char *label;
+    cudaEvent_t ev;
+} prof_mark;
+
+typedef struct {
+    const ds4_session *s;
+    cu_model *cm;
+    cu_session *cs;
+    const char *failed; /* first kernel that failed (sync mode) */
+    cudaError_t error;
+    std::vector<prof_mark> *marks; /* ds4_cuda_profile_decode: an event after each step */
+    uint32_t mix_S; /* cs->hcpart holds the next hyper-connection's mix partials
+                       (from the last hc_post), in mix_S slices; 0: not formed */
+    bool gram;      /* cs->hcgram holds R's Gram partials (from the last hc_post) */
+    bool topk_cluster; /* decode at a long context: the indexer's top-k over a cluster of blocks */
+} fwd;
+
+/* the side stream for a layer's independent branches (the main stream when
+ * profiling or synchronising per step), and forking / joining it (i: 0 the
+ * attention half, 1 the FFN half) */
+cudaStream_t side_of(const fwd *F);
+void fork_side(fwd *F, int i);
+void join_side(fwd *F, int i);
+/* decode steps left out for measurements (DS4_CUDA_SKIP, ds4-bench --skip-sweep) */
+bool skipped(const char *what, uint32_t T);
+/* after a step: per-step sync / profile marks / step times, by name */
+void kcheck(fwd *f, const char *what);
+
+/* a mat-vec job: all of w's rows against x, into y (rows y_stride apart) */
+static inline mv_job job(const dweight &w, act_view x, float *y, uint32_t y_stride) {
+    mv_job j;
+    memset(&j, 0, sizeof j);
+    j.w = w;
+    j.n_pairs = 1;
+    j.n_rows = w.n_out;
+    j.x = x;
+    j.y = y;
+    j.y_stride = y_stride;
+    return j;
+}
+
+/* cuda_layers.cu: layer il's attention half and FFN half for T tokens */
+void attention_layer(fwd *F, uint32_t il, uint32_t T);
+void ffn_layer(fwd *F, uint32_t il, uint32_t T);
+
+#endif
