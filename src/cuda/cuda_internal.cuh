@@ -108,7 +108,7 @@ bool cu_pdl_enabled(void);
 /* cu_launch with clusters of cluster_x blocks along x (cc >= 9.0; 0: no
  * clusters) */
 template <typename... KArgs, typename... Args>
-static inline cudaError_t cu_launch_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+static inline void cu_launch_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                                             cudaStream_t st, uint32_t cluster_x, Args... args) {
     cudaLaunchConfig_t cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -130,7 +130,7 @@ static inline cudaError_t cu_launch_cluster(void (*kernel)(KArgs...), dim3 grid,
     }
     cfg.attrs = at;
     cfg.numAttrs = n;
-    return cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
+    cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
 }
 template <typename... KArgs, typename... Args>
 static inline void cu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
@@ -279,13 +279,14 @@ static __device__ __forceinline__ void srow_quantize(const float *x, uint32_t n,
     srow_quantize_warps(x, n, q8, d8, qk, dk, bk, threadIdx.x >> 5, blockDim.x >> 5);
 }
 
-/* the row-t slices of an activation's quantized forms */
+/* the row-t slices of an activation's quantized forms, from column c0 on
+ * (a multiple of 256 where the Q8_K form exists) */
 typedef struct {
     int8_t *q8; float *d8; int8_t *qk; float *dk; int32_t *bk;
 } qrow;
-static __device__ __forceinline__ qrow qrow_of(const dact &a, uint32_t t) {
+static __device__ __forceinline__ qrow qrow_of(const dact &a, uint32_t t, uint32_t c0 = 0) {
     qrow r;
-    const size_t o = (size_t)t * a.n;
+    const size_t o = (size_t)t * a.n + c0;
     r.q8 = a.q8 ? a.q8 + o : NULL;
     r.d8 = a.q8 ? a.d8 + o / 32 : NULL;
     r.qk = a.qk ? a.qk + o : NULL;

@@ -999,9 +999,10 @@ __global__ void __launch_bounds__(ATT_COMBINE_MAX_THREADS) attn_combine_kernel(a
     const size_t o = ((size_t)t * H + h) * D;
     #pragma unroll 4
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) out[o + d] = s_row[d];
-    if (oq.f) /* this head's slice of the Q8_0 / Q8_K forms (D % 256 == 0) */
-        srow_quantize(s_row, D, oq.q8 ? oq.q8 + o : NULL, oq.q8 ? oq.d8 + o / 32 : NULL, oq.qk ? oq.qk + o : NULL,
-                      oq.qk ? oq.dk + o / 256 : NULL, oq.qk ? oq.bk + o / 16 : NULL);
+    if (oq.f) { /* this head's slice of the Q8_0 / Q8_K forms (D % 256 == 0) */
+        const qrow q = qrow_of(oq, t, h * D);
+        srow_quantize(s_row, D, q.q8, q.d8, q.qk, q.dk, q.bk);
+    }
 }
 
 void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32_t T, const int64_t *pos0, float *part,

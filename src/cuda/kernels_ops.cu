@@ -288,9 +288,8 @@ __global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, con
     out.f[e] = y;
     s_x[threadIdx.x] = y;
     __syncthreads();
-    const qrow q = qrow_of(out, 0);
-    srow_quantize_warps(s_x, HCG_COLS, q.q8 ? q.q8 + e0 : NULL, q.q8 ? q.d8 + e0 / 32 : NULL, q.qk ? q.qk + e0 : NULL,
-                        q.qk ? q.dk + e0 / 256 : NULL, q.qk ? q.bk + e0 / 16 : NULL, wid, HCG_COLS / 32);
+    const qrow q = qrow_of(out, 0, e0);
+    srow_quantize_warps(s_x, HCG_COLS, q.q8, q.d8, q.qk, q.dk, q.bk, wid, HCG_COLS / 32);
 }
 
 size_t cu_hc_gram_doubles(uint32_t C, uint32_t E) { return (size_t)C * (C + 1) / 2 * cu_hc_post_splits(E); }
@@ -694,9 +693,8 @@ __global__ void __launch_bounds__(RMS_SLICE) rmsnorm_slice_kernel(const float *x
     s_x[threadIdx.x] = y;
     if (out.f) out.f[i] = y;
     __syncthreads();
-    const qrow q = qrow_of(out, 0);
-    srow_quantize_warps(s_x, RMS_SLICE, q.q8 ? q.q8 + i0 : NULL, q.q8 ? q.d8 + i0 / 32 : NULL, q.qk ? q.qk + i0 : NULL,
-                        q.qk ? q.dk + i0 / 256 : NULL, q.qk ? q.bk + i0 / 16 : NULL, threadIdx.x >> 5, RMS_SLICE / 32);
+    const qrow q = qrow_of(out, 0, i0);
+    srow_quantize_warps(s_x, RMS_SLICE, q.q8, q.d8, q.qk, q.dk, q.bk, threadIdx.x >> 5, RMS_SLICE / 32);
 }
 
 void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps) {
@@ -998,9 +996,8 @@ __global__ void __launch_bounds__(256) swiglu_slice_kernel(const float *g, const
     s_x[threadIdx.x] = v;
     h.f[o] = v;
     __syncthreads();
-    const qrow q = qrow_of(h, r);
-    srow_quantize_warps(s_x, 256, q.q8 ? q.q8 + i0 : NULL, q.q8 ? q.d8 + i0 / 32 : NULL, q.qk ? q.qk + i0 : NULL,
-                        q.qk ? q.dk + i0 / 256 : NULL, q.qk ? q.bk + i0 / 16 : NULL, threadIdx.x >> 5, 8);
+    const qrow q = qrow_of(h, r, i0);
+    srow_quantize_warps(s_x, 256, q.q8, q.d8, q.qk, q.dk, q.bk, threadIdx.x >> 5, 8);
 }
 
 void cu_swiglu(cudaStream_t st, const float *g, const float *u, const float *wts, uint32_t rows, uint32_t F, float c,
