@@ -159,6 +159,22 @@ static __device__ __forceinline__ void l2_prefetch(const uint8_t *p, size_t n, c
 /* ------------------------------------------------------------------------ */
 /* device helpers */
 
+/* cp.async (sm_80+): 16 bytes global -> shared without a register round
+ * trip, in commit groups; wait_group N returns once at most N of the
+ * committed groups are still in flight. The _256 form asks L2 to fetch
+ * 256-byte sectors (streamed activation slices). */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+static __device__ __forceinline__ void cp_async16_256(void *dst, const void *src) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+static __device__ __forceinline__ void cp_async_wait_1(void) { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
 /* ldmatrix .x4 (16-bit elements, sm_75+): four 8 x 8 matrices; lane L gives
  * the shared address of row L & 7 of matrix L >> 3 and receives, of each
  * matrix, row L >> 2, elements 2 (L & 3), +1 (the lower one in the low half) */

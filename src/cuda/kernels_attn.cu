@@ -858,22 +858,47 @@ size_t cu_attention_part_floats(uint32_t T, uint32_t H, uint32_t D, uint32_t spl
     return (size_t)T * splits * H * (D + 2);
 }
 
+/* rows a tile of the decode attention: ATT_TILE, fewer where two tiles of
+ * head_dim floats would not fit the card's shared memory a block (set by
+ * cu_attn_init) */
+static uint32_t g_att_tile = ATT_TILE;
+
 /* One warp per head: its query (DPL = D/32 values a lane) and output
  * accumulator live in registers; each staged row is dotted by the whole
  * warp (one reduction per row), the online softmax runs on the warp's
- * lanes, and the value update reuses the staged row (K = V). */
+ * lanes, and the value update reuses the staged row (K = V). The split's
+ * rows reach shared memory by cp.async in tiles of `tr` rows, double
+ * buffered: the first two are requested before the query is loaded and
+ * normalised, and tile k + 2 while tile k + 1 is used, so the row loads
+ * overlap the query's prologue and the previous tile's arithmetic (before,
+ * every tile was a load, a barrier, then the arithmetic). */
 template <int DPL>
 __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const float *q, const int64_t *pos0,
-                                                        uint32_t S, float *part_o, float *part_ml) {
+                                                        uint32_t S, uint32_t tr, float *part_o, float *part_ml) {
     pdl_wait();
     pdl_trigger();
-    extern __shared__ float s_k[]; /* [ATT_TILE][D] */
+    extern __shared__ __align__(16) float s_k[]; /* [2][tr][D] */
     const uint32_t t = blockIdx.x, hg = blockIdx.y, s = blockIdx.z;
     const uint32_t H = ap.H, D = ap.D;
     const uint32_t h0 = hg * ATT_HPB, hpb = min((uint32_t)ATT_HPB, H - h0);
     const attn_rows AR = attn_rows_of(ap, pos0[0] + t, t);
     const uint32_t n = AR.n_raw + AR.n_comp, per = (n + S - 1) / S;
     const uint32_t r0 = min(n, s * per), r1 = min(n, r0 + per);
+    const uint32_t ntile = (r1 - r0 + tr - 1) / tr;
+    /* tile k (if any) -> buffer k & 1, one commit group either way */
+    auto stage = [&](uint32_t k) {
+        if (k < ntile) {
+            const uint32_t rb = r0 + k * tr, nr = min(tr, r1 - rb);
+            float *buf = s_k + (size_t)(k & 1) * tr * D;
+            for (uint32_t i = threadIdx.x; i < nr * (D / 4); i += blockDim.x) {
+                const uint32_t rr = i / (D / 4), c4 = i % (D / 4);
+                cp_async16(buf + (size_t)rr * D + 4 * c4, attn_row(ap, AR, rb + rr) + 4 * c4);
+            }
+        }
+        cp_async_commit();
+    };
+    stage(0);
+    stage(1);
     const float scale = 1.0f / sqrtf((float)D);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const bool hv = (uint32_t)wid < hpb;
@@ -905,19 +930,15 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
         }
     }
     float m = -INFINITY, l = 0.0f;
-    for (uint32_t rb = r0; rb < r1; rb += ATT_TILE) {
-        const uint32_t nr = min((uint32_t)ATT_TILE, r1 - rb);
-        #pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < nr * (D / 4); i += blockDim.x) {
-            const uint32_t rr = i / (D / 4), c4 = i % (D / 4), r = rb + rr;
-            const float *src = attn_row(ap, AR, r);
-            ((float4 *)(s_k + (size_t)rr * D))[c4] = ((const float4 *)src)[c4];
-        }
+    for (uint32_t k = 0; k < ntile; k++) {
+        const uint32_t nr = min(tr, r1 - (r0 + k * tr));
+        const float *tile = s_k + (size_t)(k & 1) * tr * D;
+        cp_async_wait_1(); /* tile k landed (k + 1 may be in flight) */
         __syncthreads();
         if (hv) {
             float mine = -INFINITY; /* lane rr: score of row rr */
             for (uint32_t rr = 0; rr < nr; rr++) {
-                const float *kr = s_k + (size_t)rr * D + lane;
+                const float *kr = tile + (size_t)rr * D + lane;
                 float d = 0;
 #pragma unroll
                 for (int j = 0; j < DPL; j++) d += qr[j] * kr[32 * j];
@@ -933,13 +954,15 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
             for (int j = 0; j < DPL; j++) o[j] *= alpha;
             for (uint32_t rr = 0; rr < nr; rr++) {
                 const float pr = __shfl_sync(0xffffffffu, pw, rr);
-                const float *kr = s_k + (size_t)rr * D + lane;
+                const float *kr = tile + (size_t)rr * D + lane;
 #pragma unroll
                 for (int j = 0; j < DPL; j++) o[j] += pr * kr[32 * j];
             }
         }
-        __syncthreads();
+        __syncthreads(); /* buffer k & 1 is free */
+        stage(k + 2);
     }
+    cp_async_wait_all();
     if (hv) {
         const size_t base = ((size_t)t * S + s) * H + h0 + wid;
 #pragma unroll
@@ -1007,15 +1030,18 @@ __global__ void __launch_bounds__(ATT_COMBINE_MAX_THREADS) attn_combine_kernel(a
 
 void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32_t T, const int64_t *pos0, float *part,
                   size_t part_floats, uint32_t splits, float *o, const dact *oq) {
-    const size_t smem = (size_t)ATT_TILE * ap.D * sizeof(float);
+    /* two tiles of tr rows (double buffer) */
+    uint32_t tr = g_att_tile;
+    if (ap.D > 512) tr = tr * 512 / ap.D < 1 ? 1 : tr * 512 / ap.D;
+    const size_t smem = (size_t)2 * tr * ap.D * sizeof(float);
     float *part_o = part, *part_ml = part + (size_t)T * splits * ap.H * ap.D;
     (void)part_floats;
     dim3 grid(T, (ap.H + ATT_HPB - 1) / ATT_HPB, splits);
     switch (ap.D / 32) {
-    case 4: cu_launch(attn_part_kernel<4>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
-    case 8: cu_launch(attn_part_kernel<8>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
-    case 16: cu_launch(attn_part_kernel<16>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
-    default: cu_launch(attn_part_kernel<32>, grid, 256, smem, st, ap, q, pos0, splits, part_o, part_ml); break;
+    case 4: cu_launch(attn_part_kernel<4>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
+    case 8: cu_launch(attn_part_kernel<8>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
+    case 16: cu_launch(attn_part_kernel<16>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
+    default: cu_launch(attn_part_kernel<32>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
     }
     dact none;
     memset(&none, 0, sizeof none);
@@ -1035,7 +1061,19 @@ bool cu_attn_init(char *err, size_t errlen) {
     auto cap = [&](int bytes) { return bytes < optin ? bytes : optin; };
     g_topk_keys = (uint32_t)((cap(200 * 1024) - 8 * 1024) / 4); /* 8 KiB left for the kernels' static arrays */
     if (g_topk_keys > 48 * 1024) g_topk_keys = 48 * 1024;
-    CU_OK(cudaFuncSetAttribute(attn_part_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, cap(160 * 1024)), err,
+    /* the decode attention's double buffer: 2 x ATT_TILE rows of up to 512
+     * floats (64 KiB; head_dim 1024 halves the rows), fewer rows where the
+     * card allows less */
+    const int att_bytes = cap(2 * ATT_TILE * 512 * 4);
+    g_att_tile = (uint32_t)att_bytes / (2 * 512 * 4);
+    if (g_att_tile < 1) g_att_tile = 1;
+    CU_OK(cudaFuncSetAttribute(attn_part_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
+          errlen, "attention shared memory");
+    CU_OK(cudaFuncSetAttribute(attn_part_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
+          errlen, "attention shared memory");
+    CU_OK(cudaFuncSetAttribute(attn_part_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
+          errlen, "attention shared memory");
+    CU_OK(cudaFuncSetAttribute(attn_part_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
           errlen, "attention shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cap(160 * 1024)), err,
           errlen, "indexer shared memory");

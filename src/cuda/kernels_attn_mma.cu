@@ -44,10 +44,6 @@
 #define ATC_SMEM                                                                                                  \
     ((size_t)ATC_HB * ATC_P * 2 + (size_t)ATC_NR * ATC_P * 2 + (size_t)ATC_NR * ATC_D * 4 + (size_t)8 * 16 * ATC_NR * 4)
 
-static __device__ __forceinline__ void atc_cp16(void *dst, const void *src) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
-}
 static __device__ __forceinline__ void atc_ldsm4(uint32_t (&r)[4], const void *p) {
     ldsm_x4(r, (uint32_t)__cvta_generic_to_shared(p));
 }
@@ -93,9 +89,9 @@ __global__ void __launch_bounds__(256, 1) attn_tc_kernel(attn_params ap, const f
             const uint32_t c = tid + 256 * j, rr = c / (ATC_D / 4), c4 = c % (ATC_D / 4), r = r0 + rr;
             if (r >= n) continue;
             const float *src = attn_row(ap, AR, r);
-            atc_cp16(sKf + rr * ATC_D + 4 * c4, src + 4 * c4);
+            cp_async16(sKf + rr * ATC_D + 4 * c4, src + 4 * c4);
         }
-        asm volatile("cp.async.commit_group;" ::: "memory");
+        cp_async_commit();
     };
     issue(0);
     /* Q of the block's 64 heads -> FP16 */
@@ -115,7 +111,7 @@ __global__ void __launch_bounds__(256, 1) attn_tc_kernel(attn_params ap, const f
 
     for (uint32_t it = 0; it < ntile; it++) {
         const uint32_t r0 = it * ATC_NR;
-        asm volatile("cp.async.wait_group 0;" ::: "memory");
+        cp_async_wait_all();
         __syncthreads(); /* staging complete; the previous tile's FP16 rows and S are no longer read */
 #pragma unroll
         for (int j = 0; j < ATC_NR * ATC_D / 4 / 256; j++) {

@@ -453,13 +453,6 @@ template <int V> struct mma_int {
     static constexpr int value = V;
 };
 
-static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
-}
-static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
-static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-static __device__ __forceinline__ void cp_async_wait_1(void) { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 #define MMA_XF 3 /* float activation slices in flight (ring) */
 
@@ -593,7 +586,7 @@ __global__ void __launch_bounds__(256, 2) mma_kernel(const __grid_constant__ mma
             const float *xs = A.x.f + (size_t)r * A.x.stride + A.x.off + blockIdx.z * A.gz_x + 4 * xq + s * 32;
             if (xvalid && s < nsl)
 #pragma unroll
-                for (int i = 0; i < XPT / 4; i++) cp_async16(Xf + (s % MMA_XF) * BN * 32 + xt * 32 + 4 * (xq + TPR * i), xs + 4 * TPR * i);
+                for (int i = 0; i < XPT / 4; i++) cp_async16_256(Xf + (s % MMA_XF) * BN * 32 + xt * 32 + 4 * (xq + TPR * i), xs + 4 * TPR * i);
             cp_async_commit(); /* one group a slice, empty past the row */
         };
         auto deq = [&](uint32_t s) {

@@ -351,10 +351,9 @@ static __device__ __forceinline__ void hc_fn_tile_copy(const dweight &fn, uint32
         const uint32_t sg = i / cps, k = i % cps, m = sg / C, b = sg % C;
         if (k * 16 / es >= ncol) continue;
         const uint8_t *src = fn.q + (size_t)m * fn.row_bytes + ((size_t)b * E + e0) * es + 16 * k;
-        const uint32_t dst = (uint32_t)__cvta_generic_to_shared(s_fn + (size_t)sg * HCP_COLS * es + 16 * k);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+        cp_async16(s_fn + (size_t)sg * HCP_COLS * es + 16 * k, src);
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    cp_async_commit();
 }
 
 /* R = post y + comb^T R on HCP_COLS columns e of a token. With fn.q set it
@@ -410,7 +409,7 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
         s_new[b][c] = c < ncol ? s : 0.0f;
     }
     if (!fn.q) continue; /* the next token's barrier orders s_old/s_new reuse */
-    if (fn_es && tt == 0) asm volatile("cp.async.wait_all;" ::: "memory");
+    if (fn_es && tt == 0) cp_async_wait_all();
     __syncthreads();
     const uint32_t M = fn.n_out, S = gridDim.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     for (uint32_t m = wid; m <= M; m += HCP_BLOCK / 32) {
@@ -479,7 +478,7 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
     if (M) hc_fn_tile_copy(fn, CT, E, e0, ncol, ES, s_fn); /* before pdl_wait */
     pdl_wait();
     pdl_trigger();
-    if (M) asm volatile("cp.async.wait_all;" ::: "memory");
+    if (M) cp_async_wait_all();
     __syncthreads();
     const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, S = gridDim.x;
     const bool in0 = lane < ncol, in1 = lane + 32 < ncol;
