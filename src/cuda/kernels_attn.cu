@@ -863,21 +863,26 @@ size_t cu_attention_part_floats(uint32_t T, uint32_t H, uint32_t D, uint32_t spl
  * cu_attn_init) */
 static uint32_t g_att_tile = ATT_TILE;
 
-/* One warp per head: its query (DPL = D/32 values a lane) and output
- * accumulator live in registers; each staged row is dotted by the whole
- * warp (one reduction per row), the online softmax runs on the warp's
- * lanes, and the value update reuses the staged row (K = V). The split's
- * rows reach shared memory by cp.async in tiles of `tr` rows, double
- * buffered: the first two are requested before the query is loaded and
- * normalised, and tile k + 2 while tile k + 1 is used, so the row loads
- * overlap the query's prologue and the previous tile's arithmetic (before,
- * every tile was a load, a barrier, then the arithmetic). */
-template <int DPL>
-__global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const float *q, const int64_t *pos0,
-                                                        uint32_t S, uint32_t tr, float *part_o, float *part_ml) {
+/* WPH warps per head: each warp keeps its head's query (DPL = D/32 values a
+ * lane) and its output accumulator in registers and takes every WPH-th row
+ * of each staged tile; each of its rows is dotted by the whole warp (one
+ * reduction per row), the online softmax runs on the warp's lanes, and the
+ * value update reuses the staged row (K = V); at the end the WPH partial
+ * states of a head are merged through shared memory. A warp's rows are a
+ * chain of dependent reductions, so the kernel is bound by that latency:
+ * two warps a head halve the chain (two heads a warp, sharing the row
+ * reads, doubled it). The split's rows reach shared memory by cp.async in
+ * tiles of `tr` rows, double buffered: the first two are requested before
+ * the query is loaded and normalised, and tile k + 2 while tile k + 1 is
+ * used, so the row loads overlap the query's prologue and the previous
+ * tile's arithmetic. */
+template <int DPL, int WPH>
+__global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_params ap, const float *q,
+                                                                     const int64_t *pos0, uint32_t S, uint32_t tr,
+                                                                     float *part_o, float *part_ml) {
     pdl_wait();
     pdl_trigger();
-    extern __shared__ __align__(16) float s_k[]; /* [2][tr][D] */
+    extern __shared__ __align__(16) float s_k[]; /* [2][tr][D]; at the end [ATT_HPB][D + 2] for the merge */
     const uint32_t t = blockIdx.x, hg = blockIdx.y, s = blockIdx.z;
     const uint32_t H = ap.H, D = ap.D;
     const uint32_t h0 = hg * ATT_HPB, hpb = min((uint32_t)ATT_HPB, H - h0);
@@ -901,8 +906,9 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
     stage(1);
     const float scale = 1.0f / sqrtf((float)D);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    const bool hv = (uint32_t)wid < hpb;
-    const float *qh = q + ((size_t)t * H + h0 + (hv ? wid : 0)) * D;
+    const uint32_t hw = wid % ATT_HPB, sub = wid / ATT_HPB; /* head slot, which of its WPH warps */
+    const bool hv = hw < hpb;
+    const float *qh = q + ((size_t)t * H + h0 + (hv ? hw : 0)) * D;
     float qr[DPL], o[DPL];
 #pragma unroll
     for (int j = 0; j < DPL; j++) {
@@ -932,29 +938,30 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
     float m = -INFINITY, l = 0.0f;
     for (uint32_t k = 0; k < ntile; k++) {
         const uint32_t nr = min(tr, r1 - (r0 + k * tr));
+        const uint32_t ni = nr > sub ? (nr - sub + WPH - 1) / WPH : 0; /* this warp's rows sub, sub + WPH, .. */
         const float *tile = s_k + (size_t)(k & 1) * tr * D;
         cp_async_wait_1(); /* tile k landed (k + 1 may be in flight) */
         __syncthreads();
-        if (hv) {
-            float mine = -INFINITY; /* lane rr: score of row rr */
-            for (uint32_t rr = 0; rr < nr; rr++) {
-                const float *kr = tile + (size_t)rr * D + lane;
+        if (hv && ni) {
+            float mine = -INFINITY; /* lane i: score of the warp's row i */
+            for (uint32_t i = 0; i < ni; i++) {
+                const float *kr = tile + (size_t)(sub + WPH * i) * D + lane;
                 float d = 0;
 #pragma unroll
                 for (int j = 0; j < DPL; j++) d += qr[j] * kr[32 * j];
                 d = warp_sum(d) * scale;
-                if ((uint32_t)lane == rr) mine = d;
+                if ((uint32_t)lane == i) mine = d;
             }
             const float mx = fmaxf(m, warp_max(mine));
             const float alpha = expf(m - mx);
-            const float pw = (uint32_t)lane < nr ? expf(mine - mx) : 0.0f;
+            const float pw = (uint32_t)lane < ni ? expf(mine - mx) : 0.0f;
             l = l * alpha + warp_sum(pw);
             m = mx;
 #pragma unroll
             for (int j = 0; j < DPL; j++) o[j] *= alpha;
-            for (uint32_t rr = 0; rr < nr; rr++) {
-                const float pr = __shfl_sync(0xffffffffu, pw, rr);
-                const float *kr = tile + (size_t)rr * D + lane;
+            for (uint32_t i = 0; i < ni; i++) {
+                const float pr = __shfl_sync(0xffffffffu, pw, i);
+                const float *kr = tile + (size_t)(sub + WPH * i) * D + lane;
 #pragma unroll
                 for (int j = 0; j < DPL; j++) o[j] += pr * kr[32 * j];
             }
@@ -963,8 +970,31 @@ __global__ void __launch_bounds__(256) attn_part_kernel(attn_params ap, const fl
         stage(k + 2);
     }
     cp_async_wait_all();
-    if (hv) {
-        const size_t base = ((size_t)t * S + s) * H + h0 + wid;
+    if (WPH > 1) { /* the other warps' states through shared memory, merged in warp order */
+        __syncthreads();
+        float *sm = s_k + (size_t)hw * (D + 2);
+        for (uint32_t w = 1; w < WPH; w++) {
+            if (sub == w && hv) {
+#pragma unroll
+                for (int j = 0; j < DPL; j++) sm[lane + 32 * j] = o[j];
+                if (lane == 0) sm[D] = m, sm[D + 1] = l;
+            }
+            __syncthreads();
+            if (sub == 0 && hv) {
+                const float mb = sm[D], lb = sm[D + 1], mx = fmaxf(m, mb);
+                if (mx != -INFINITY) { /* (neither had a row: nothing to add) */
+                    const float a = expf(m - mx), b = expf(mb - mx);
+                    l = l * a + lb * b;
+#pragma unroll
+                    for (int j = 0; j < DPL; j++) o[j] = o[j] * a + sm[lane + 32 * j] * b;
+                    m = mx;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    if (hv && sub == 0) {
+        const size_t base = ((size_t)t * S + s) * H + h0 + hw;
 #pragma unroll
         for (int j = 0; j < DPL; j++) part_o[base * D + lane + 32 * j] = o[j];
         if (lane == 0) {
@@ -1033,16 +1063,27 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     /* two tiles of tr rows (double buffer) */
     uint32_t tr = g_att_tile;
     if (ap.D > 512) tr = tr * 512 / ap.D < 1 ? 1 : tr * 512 / ap.D;
-    const size_t smem = (size_t)2 * tr * ap.D * sizeof(float);
+    const size_t tiles = (size_t)2 * tr * ap.D, merge = (size_t)ATT_HPB * (ap.D + 2);
+    const size_t smem = (tiles > merge ? tiles : merge) * sizeof(float);
     float *part_o = part, *part_ml = part + (size_t)T * splits * ap.H * ap.D;
     (void)part_floats;
     dim3 grid(T, (ap.H + ATT_HPB - 1) / ATT_HPB, splits);
-    switch (ap.D / 32) {
-    case 4: cu_launch(attn_part_kernel<4>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
-    case 8: cu_launch(attn_part_kernel<8>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
-    case 16: cu_launch(attn_part_kernel<16>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
-    default: cu_launch(attn_part_kernel<32>, grid, 256, smem, st, ap, q, pos0, splits, tr, part_o, part_ml); break;
+    /* two warps a head (DS4_CUDA_ATT_WPH=1: one) */
+    static int wph = -1;
+    if (wph < 0) {
+        const char *e = getenv("DS4_CUDA_ATT_WPH");
+        wph = e && *e == '1' ? 1 : 2;
     }
+#define ATT_PART(DPL, WPH)                                                                                       \
+    cu_launch(attn_part_kernel<DPL, WPH>, grid, 32 * ATT_HPB * WPH, smem, st, ap, q, pos0, splits, tr, part_o, \
+              part_ml)
+    switch (ap.D / 32) {
+    case 4: if (wph == 2) ATT_PART(4, 2); else ATT_PART(4, 1); break;
+    case 8: if (wph == 2) ATT_PART(8, 2); else ATT_PART(8, 1); break;
+    case 16: if (wph == 2) ATT_PART(16, 2); else ATT_PART(16, 1); break;
+    default: if (wph == 2) ATT_PART(32, 2); else ATT_PART(32, 1); break;
+    }
+#undef ATT_PART
     dact none;
     memset(&none, 0, sizeof none);
     dim3 g2(T, ap.H);
@@ -1067,14 +1108,12 @@ bool cu_attn_init(char *err, size_t errlen) {
     const int att_bytes = cap(2 * ATT_TILE * 512 * 4);
     g_att_tile = (uint32_t)att_bytes / (2 * 512 * 4);
     if (g_att_tile < 1) g_att_tile = 1;
-    CU_OK(cudaFuncSetAttribute(attn_part_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
-          errlen, "attention shared memory");
-    CU_OK(cudaFuncSetAttribute(attn_part_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
-          errlen, "attention shared memory");
-    CU_OK(cudaFuncSetAttribute(attn_part_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
-          errlen, "attention shared memory");
-    CU_OK(cudaFuncSetAttribute(attn_part_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err,
-          errlen, "attention shared memory");
+    for (const void *f : {(const void *)attn_part_kernel<4, 1>, (const void *)attn_part_kernel<8, 1>,
+                          (const void *)attn_part_kernel<16, 1>, (const void *)attn_part_kernel<32, 1>,
+                          (const void *)attn_part_kernel<4, 2>, (const void *)attn_part_kernel<8, 2>,
+                          (const void *)attn_part_kernel<16, 2>, (const void *)attn_part_kernel<32, 2>})
+        CU_OK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err, errlen,
+              "attention shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cap(160 * 1024)), err,
           errlen, "indexer shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
