@@ -567,12 +567,14 @@ typedef struct {
  * indexer's selection `list` when it chose, else rows 0 .. n_comp-1). */
 typedef struct {
     int64_t lo;
+    uint32_t slot0; /* ring slot of row lo (lo % raw_cap, taken once: a 64-bit remainder is ~100 instructions) */
     uint32_t n_raw, n_comp;
     const uint32_t *list;
 } attn_rows;
 static __device__ __forceinline__ attn_rows attn_rows_of(const attn_params &ap, int64_t p, uint32_t t) {
     attn_rows R;
     R.lo = p - (int64_t)ap.n_swa + 1 > 0 ? p - (int64_t)ap.n_swa + 1 : 0;
+    R.slot0 = (uint32_t)(R.lo % ap.raw_cap);
     R.n_raw = (uint32_t)(p - R.lo + 1);
     R.n_comp = ap.ratio ? (uint32_t)((p + 1) / ap.ratio) : 0;
     R.list = NULL;
@@ -582,9 +584,11 @@ static __device__ __forceinline__ attn_rows attn_rows_of(const attn_params &ap, 
     }
     return R;
 }
-/* row r (< n_raw + n_comp) of that sequence, D floats */
+/* row r (< n_raw + n_comp) of that sequence, D floats (the window's rows
+ * are fewer than raw_cap, so slot0 + r wraps at most once) */
 static __device__ __forceinline__ const float *attn_row(const attn_params &ap, const attn_rows &R, uint32_t r) {
-    return r < R.n_raw ? ap.raw + (size_t)((R.lo + r) % ap.raw_cap) * ap.D
+    const uint32_t slot = R.slot0 + r >= ap.raw_cap ? R.slot0 + r - ap.raw_cap : R.slot0 + r;
+    return r < R.n_raw ? ap.raw + (size_t)slot * ap.D
                        : ap.comp + (size_t)(R.list ? R.list[r - R.n_raw] : r - R.n_raw) * ap.D;
 }
 /* o[t][h] = softmax-with-sink attention of q[t][h] over the visible rows,

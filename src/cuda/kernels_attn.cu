@@ -895,9 +895,11 @@ __global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_para
         if (k < ntile) {
             const uint32_t rb = r0 + k * tr, nr = min(tr, r1 - rb);
             float *buf = s_k + (size_t)(k & 1) * tr * D;
-            for (uint32_t i = threadIdx.x; i < nr * (D / 4); i += blockDim.x) {
-                const uint32_t rr = i / (D / 4), c4 = i % (D / 4);
-                cp_async16(buf + (size_t)rr * D + 4 * c4, attn_row(ap, AR, rb + rr) + 4 * c4);
+            /* a warp a row: its address found once, no division per chunk */
+            for (uint32_t rr = threadIdx.x >> 5; rr < nr; rr += blockDim.x >> 5) {
+                const float *src = attn_row(ap, AR, rb + rr);
+                for (uint32_t c4 = threadIdx.x & 31; c4 < D / 4; c4 += 32)
+                    cp_async16(buf + (size_t)rr * D + 4 * c4, src + 4 * c4);
             }
         }
         cp_async_commit();
