@@ -879,9 +879,12 @@ static uint32_t g_att_tile = ATT_TILE;
 template <int DPL, int WPH>
 __global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_params ap, const float *q,
                                                                      const int64_t *pos0, uint32_t S, uint32_t tr,
-                                                                     float *part_o, float *part_ml) {
-    pdl_wait();
-    pdl_trigger();
+                                                                     float *part_o, float *part_ml, int early) {
+    /* Without the indexer's selection (written by the kernel just before)
+     * the rows were written at least two kernels back (the KV row and the
+     * compressors run on the side branch, joined before this launch), so
+     * they may be staged before pdl_wait, under the q_b product's tail */
+    if (!early) pdl_wait();
     extern __shared__ __align__(16) float s_k[]; /* [2][tr][D]; at the end [ATT_HPB][D + 2] for the merge */
     const uint32_t t = blockIdx.x, hg = blockIdx.y, s = blockIdx.z;
     const uint32_t H = ap.H, D = ap.D;
@@ -906,6 +909,8 @@ __global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_para
     };
     stage(0);
     stage(1);
+    if (early) pdl_wait();
+    pdl_trigger();
     const float scale = 1.0f / sqrtf((float)D);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const uint32_t hw = wid % ATT_HPB, sub = wid / ATT_HPB; /* head slot, which of its WPH warps */
@@ -1070,15 +1075,20 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     float *part_o = part, *part_ml = part + (size_t)T * splits * ap.H * ap.D;
     (void)part_floats;
     dim3 grid(T, (ap.H + ATT_HPB - 1) / ATT_HPB, splits);
-    /* two warps a head (DS4_CUDA_ATT_WPH=1: one) */
-    static int wph = -1;
+    /* two warps a head (DS4_CUDA_ATT_WPH=1: one); rows staged before
+     * pdl_wait unless they come from the indexer's selection
+     * (DS4_CUDA_ATT_EARLY=0: never) */
+    static int wph = -1, early_env = 1;
     if (wph < 0) {
         const char *e = getenv("DS4_CUDA_ATT_WPH");
         wph = e && *e == '1' ? 1 : 2;
+        e = getenv("DS4_CUDA_ATT_EARLY");
+        early_env = !(e && *e == '0');
     }
+    const int early = early_env && !ap.sel;
 #define ATT_PART(DPL, WPH)                                                                                       \
     cu_launch(attn_part_kernel<DPL, WPH>, grid, 32 * ATT_HPB * WPH, smem, st, ap, q, pos0, splits, tr, part_o, \
-              part_ml)
+              part_ml, early)
     switch (ap.D / 32) {
     case 4: if (wph == 2) ATT_PART(4, 2); else ATT_PART(4, 1); break;
     case 8: if (wph == 2) ATT_PART(8, 2); else ATT_PART(8, 1); break;

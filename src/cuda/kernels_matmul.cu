@@ -570,25 +570,32 @@ static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t 
     if (r >= J.n_rows) return;
     uint2 wv[IQU];
     float dw[IQU];
-    auto load = [&](uint32_t row, uint2 (&w)[IQU], float (&d)[IQU]) {
-        const uint64_t wrow = (uint64_t)mat * J.w.n_out + J.row0 + row;
-        const uint8_t *q = J.w.q + wrow * J.w.row_bytes;
-        const __half *wd = J.w.d + wrow * (n / 256);
+    /* this lane's sub-blocks of the warp's first row; the next row is
+     * MV_WARPS rows on (pointers stepped, not rebuilt from the job: the
+     * 64-bit row arithmetic was ~15% of the instructions) */
+    const uint64_t wrow0 = (uint64_t)mat * J.w.n_out + J.row0 + r;
+    const uint8_t *qp = J.w.q + wrow0 * J.w.row_bytes + 8 * lane;
+    const __half *dp = J.w.d + wrow0 * (n / 256) + lane / 8;
+    const size_t qstep = (size_t)MV_WARPS * J.w.row_bytes, dstep = (size_t)MV_WARPS * (n / 256);
+    auto load = [&](uint2 (&w)[IQU], float (&d)[IQU]) {
 #pragma unroll
         for (int v = 0; v < IQU; v++) {
-            const uint32_t sb = 32 * v + lane;
-            const bool act = sb < nsub;
-            w[v] = act ? __ldg((const uint2 *)(q + 8 * (size_t)sb)) : make_uint2(0, 0);
-            d[v] = act ? __half2float(wd[sb / 8]) : 0.0f;
+            const bool act = 32 * v + lane < nsub;
+            w[v] = act ? __ldg((const uint2 *)(qp + 256 * v)) : make_uint2(0, 0);
+            d[v] = act ? __half2float(dp[4 * v]) : 0.0f;
         }
     };
-    load(r, wv, dw);
+    load(wv, dw);
     for (uint32_t k = 0; k < rpw; k++) {
         const uint32_t rn = r + MV_WARPS;
         const bool more = k + 1 < rpw && rn < J.n_rows;
         uint2 wn[IQU];
         float dn[IQU];
-        if (more) load(rn, wn, dn);
+        if (more) {
+            qp += qstep;
+            dp += dstep;
+            load(wn, dn);
+        }
         float acc = 0.0f;
 #pragma unroll
         for (int v = 0; v < IQU; v++) {
