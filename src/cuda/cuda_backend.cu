@@ -253,7 +253,7 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     /* a blocking stream: ordered with the synchronous cudaMemcpy uploads */
     CU_OK(cudaStreamCreate(&cm->st), err, errlen, "stream");
     CU_OK(cudaStreamCreate(&cm->side), err, errlen, "stream");
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         CU_OK(cudaEventCreateWithFlags(&cm->fork_ev[i], cudaEventDisableTiming), err, errlen, "event");
         CU_OK(cudaEventCreateWithFlags(&cm->join_ev[i], cudaEventDisableTiming), err, errlen, "event");
     }
@@ -264,6 +264,7 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->route_in_router = switch_on("DS4_CUDA_ROUTE_IN_ROUTER");
     cm->hc_gram = switch_on("DS4_CUDA_HC_GRAM");
     cm->split_side = switch_on("DS4_CUDA_HC_SPLIT_SIDE");
+    cm->indexer_side = switch_on("DS4_CUDA_INDEXER_SIDE");
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -398,7 +399,7 @@ static void cu_model_free(ds4_model *m) {
     for (void *p : cm->allocs) cudaFree(p);
     if (cm->st) cudaStreamDestroy(cm->st);
     if (cm->side) cudaStreamDestroy(cm->side);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         if (cm->fork_ev[i]) cudaEventDestroy(cm->fork_ev[i]);
         if (cm->join_ev[i]) cudaEventDestroy(cm->join_ev[i]);
     }

@@ -29,7 +29,7 @@ typedef struct cu_model : cu_alloc {
     bool sync_each; /* DS4_CUDA_SYNC */
     bool use_graph; /* DS4_CUDA_GRAPH */
     cudaStream_t side;  /* independent branches of a layer (KV row, compressors, shared expert) */
-    cudaEvent_t fork_ev[2], join_ev[2];
+    cudaEvent_t fork_ev[3], join_ev[3];
     bool concurrent;    /* DS4_CUDA_STREAMS != 0 */
     bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
     bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
@@ -37,6 +37,8 @@ typedef struct cu_model : cu_alloc {
     bool route_in_router; /* decode: the router's last block routes the token (DS4_CUDA_ROUTE_IN_ROUTER != 0) */
     bool hc_gram;       /* decode: hc_post forms R's Gram partials, hc_pre collapses over many blocks (DS4_CUDA_HC_GRAM != 0) */
     bool split_side;    /* ... and the Sinkhorn split runs on the side stream (DS4_CUDA_HC_SPLIT_SIDE != 0) */
+    bool indexer_side;  /* decode: the indexer's query product, heads and top-k on the side stream beside q_b
+                           (DS4_CUDA_INDEXER_SIDE != 0) */
 } cu_model;
 
 static inline cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }

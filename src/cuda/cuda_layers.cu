@@ -147,15 +147,34 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     dact qa_out = T == 1 ? forms_for(cs->qa, {&L->q_b, ratio == 4 ? &L->idx_q_b : NULL}, true) : cs->qa;
     if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, qa_out, L->q_a_norm, T, Q, eps);
     kcheck(F, "q_a norm");
-    nj = 0;
-    jb[nj++] = job(L->q_b, av_of(cs->qa), cs->q, H * D);
-    if (ratio == 4) jb[nj++] = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
-    if (!skipped("q_b", T)) cu_matvec(sm, jb, nj, T);
-    kcheck(F, "q_b");
     /* decode: the attention kernel normalises and rotates the query heads
      * itself (one launch fewer; DS4_CUDA_Q_IN_ATTN=0: here) */
     const bool q_in_attn = T == 1 && cm->q_in_attn;
     const bool both_heads = T == 1 && ratio == 4 && !q_in_attn; /* both sets of heads in one launch */
+    /* decode with the indexer: its query product, heads and top-k on the
+     * side branch (after the KV row and compressors it reads), beside the
+     * main branch's q_b: they wait only for the normed q_a, and the
+     * attention for both (DS4_CUDA_INDEXER_SIDE=0: all on the main branch) */
+    const bool idx_side = T == 1 && ratio == 4 && q_in_attn && cm->indexer_side && ss != sm;
+    const float wscale = 1.0f / sqrtf((float)ID * (float)I);
+    if (idx_side) {
+        fork_side(F, 2);
+        const mv_job ji = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
+        if (!skipped("q_b", T)) cu_matvec(ss, &ji, 1, T);
+        kcheck(F, "indexer q_b");
+        if (!skipped("indexer queries", T))
+            cu_head_post(ss, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
+        kcheck(F, "indexer queries");
+        if (!skipped("indexer scores + top-k", T))
+            cu_indexer(ss, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0,
+                       cs->scores, cs->sel, cs->n_sel, !m->exact, F->topk_cluster);
+        kcheck(F, "indexer scores + top-k");
+    }
+    nj = 0;
+    jb[nj++] = job(L->q_b, av_of(cs->qa), cs->q, H * D);
+    if (ratio == 4 && !idx_side) jb[nj++] = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
+    if (!skipped("q_b", T)) cu_matvec(sm, jb, nj, T);
+    kcheck(F, "q_b");
     if (both_heads) {
         const head_job hq = {cs->q, H, D, hp->n_rot, rope, 1, 0, 0};
         const head_job hi = {cs->qi, I, ID, hp->n_rot, cm->rope_comp, 0, 0, !m->exact};
@@ -164,18 +183,17 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
     }
     kcheck(F, "q heads norm+rope");
-    if (ratio == 4 && !both_heads && !skipped("indexer queries", T)) {
+    if (ratio == 4 && !both_heads && !idx_side && !skipped("indexer queries", T)) {
         cu_head_post(sm, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
         kcheck(F, "indexer queries");
     }
     join_side(F, 0);
-    if (ratio == 4 && !skipped("indexer scores + top-k", T)) {
-        const float wscale = 1.0f / sqrtf((float)ID * (float)I);
+    if (ratio == 4 && !idx_side && !skipped("indexer scores + top-k", T)) {
         cu_indexer(sm, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0, cs->scores,
                    cs->sel, cs->n_sel, !m->exact, T == 1 && F->topk_cluster);
         kcheck(F, "indexer scores + top-k");
-        if (F->s->trace_topk) trace_indexer(F, il, T);
     }
+    if (ratio == 4 && F->s->trace_topk) trace_indexer(F, il, T);
     attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
                       st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps};
     const uint32_t splits = T == 1 ? cs->splits1 : cs->splitsT;
