@@ -112,7 +112,9 @@ static void test_matmul(void) {
         uint32_t n_in;
     } cases[] = {{DS4_TYPE_F32, 96},   {DS4_TYPE_F16, 104},    {DS4_TYPE_BF16, 72},     {DS4_TYPE_Q8_0, 96},
                  {DS4_TYPE_Q8_0, 4096}, {DS4_TYPE_Q2_K, 512},  {DS4_TYPE_Q4_K, 768},    {DS4_TYPE_IQ2_XXS, 512},
-                 {DS4_TYPE_IQ2_XXS, 2048}, {DS4_TYPE_F16, 4096}, {DS4_TYPE_Q8_0, 2048}};
+                 {DS4_TYPE_IQ2_XXS, 2048}, {DS4_TYPE_F16, 4096}, {DS4_TYPE_Q8_0, 2048},
+                 /* decode: rows in 2, 4 and 8 segments of 2048 (q8_rows_seg) */
+                 {DS4_TYPE_Q8_0, 8192}, {DS4_TYPE_Q8_0, 16384}};
     /* 70 (an exact job, as the router): the tiled f32 kernel for float weights with k % 32 == 0 */
     static const int Ts[] = {1, 3, 8, 13, 70};
     char err[256], name[96];
