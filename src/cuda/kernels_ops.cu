@@ -476,28 +476,43 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
     const uint32_t e0 = blockIdx.x * HCP_COLS, ncol = E - e0 < HCP_COLS ? E - e0 : HCP_COLS;
     const uint32_t M = fn.q ? fn.n_out : 0;
     if (M) hc_fn_tile_copy(fn, CT, E, e0, ncol, ES, s_fn); /* before pdl_wait */
+    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, S = gridDim.x;
+    const bool in0 = lane < ncol, in1 = lane + 32 < ncol;
+    __shared__ int s_ord[HCP_BLOCK / 32][ROUTE_MAX_K];
+    /* the token's experts in (id, k) order (moe_sum_at's), once a warp */
+    auto expert_order = [&](uint32_t t) {
+        if (lane < K) {
+            const int32_t *id = ids + (size_t)t * K, me = id[lane];
+            uint32_t r = 0;
+            for (uint32_t j = 0; j < K; j++) r += id[j] < me || (id[j] == me && j < lane);
+            s_ord[wid][r] = (int)lane;
+        }
+        __syncwarp();
+    };
+    /* One token a block (decode): R and the expert ids were written at
+     * least two kernels back (the last HC post, the router), so the old
+     * columns and the experts' order are read before pdl_wait; only y and
+     * the routed rows wait for the kernel before */
+    float old_early[2][CT];
+    if (TPB == 1 && blockIdx.y < T) {
+        const float *Rt = R + (size_t)blockIdx.y * CT * E;
+#pragma unroll
+        for (uint32_t k = 0; k < 2; k++)
+#pragma unroll
+            for (uint32_t a = 0; a < CT; a++) old_early[k][a] = (k ? in1 : in0) ? Rt[a * E + e0 + lane + 32 * k] : 0.0f;
+        if (ye) expert_order(blockIdx.y);
+    }
     pdl_wait();
     pdl_trigger();
     if (M) cp_async_wait_all();
     __syncthreads();
-    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, S = gridDim.x;
-    const bool in0 = lane < ncol, in1 = lane + 32 < ncol;
-    __shared__ int s_ord[HCP_BLOCK / 32][ROUTE_MAX_K];
     const uint32_t phase = wid % WPT; /* this warp's share of the mix rows */
     for (uint32_t tw = wid / WPT; tw < TPB; tw += HCP_BLOCK / 32 / WPT) {
         const uint32_t t = blockIdx.y * TPB + tw;
         if (t >= T) break;
         float *Rt = R + (size_t)t * CT * E;
         const float *cb = comb + (size_t)t * CT * CT;
-        if (ye) { /* the token's experts in (id, k) order (moe_sum_at's), once a warp */
-            if (lane < K) {
-                const int32_t *id = ids + (size_t)t * K, me = id[lane];
-                uint32_t r = 0;
-                for (uint32_t j = 0; j < K; j++) r += id[j] < me || (id[j] == me && j < lane);
-                s_ord[wid][r] = (int)lane;
-            }
-            __syncwarp();
-        }
+        if (ye && TPB > 1) expert_order(t);
         float nv[CT][2];
 #pragma unroll
         for (uint32_t k = 0; k < 2; k++) {
@@ -510,7 +525,7 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
                     for (uint32_t i = 0; i < K; i++) yv += ye[((size_t)t * K + s_ord[wid][i]) * E + e0 + c];
             }
 #pragma unroll
-            for (uint32_t a = 0; a < CT; a++) old[a] = in ? Rt[a * E + e0 + c] : 0.0f;
+            for (uint32_t a = 0; a < CT; a++) old[a] = TPB == 1 ? old_early[k][a] : in ? Rt[a * E + e0 + c] : 0.0f;
 #pragma unroll
             for (uint32_t b = 0; b < CT; b++) {
                 float s = in ? post[t * CT + b] * yv : 0.0f;
