@@ -302,6 +302,8 @@ void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         g.n_pairs = K;
         g.x_pair = 0;
         g.y_pair = 1;
+        /* f came from the HC pre with the router launch in between */
+        g.x_early = !skipped("router", T) && !skipped("router + shared gate/up", T);
         mv_job u = g;
         u.w = L->up_exps;
         u.y = cs->u;

@@ -212,6 +212,7 @@ extern "C" bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *i
     j[0].w = dw;
     j[0].mat_ids = did;
     j[0].n_pairs = n_pairs;
+    j[0].x_early = 1; /* (uploaded before the launch: the decode experts' early activation load) */
     j[0].x_pair = x_shared ? 0 : 1;
     j[0].y_pair = 1;
     j[0].n_rows = n_out;

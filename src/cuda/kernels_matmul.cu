@@ -550,22 +550,33 @@ static __device__ __forceinline__ uint32_t bytemask4(uint32_t b) {
  * even, ksigns) and their byte masks by arithmetic instead of the shared
  * smask table: the table reads were half of this kernel's shared-memory
  * traffic (DS4_CUDA_IQ2_SIGNS=table keeps the lookups, for measurements) */
-template <bool SMASK_ALU>
-static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
-                                                      uint32_t rpw, const uint64_t *grid, const uint64_t *smask) {
-    const int lane = threadIdx.x & 31;
-    const uint32_t n = J.w.n_in, nsub = n / 32;
-    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
+/* this lane's 32-value sub-blocks of the activation's Q8_K form */
+typedef struct {
     int4 a0[IQU], a1[IQU];
     float dk[IQU];
+} iq2_act;
+static __device__ __forceinline__ void iq2_load_act(const mv_job &J, uint32_t pair, iq2_act &A) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t nsub = J.w.n_in / 32;
+    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
 #pragma unroll
     for (int v = 0; v < IQU; v++) {
         const uint32_t sb = 32 * v + lane;
         const bool act = sb < nsub;
-        a0[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb) : make_int4(0, 0, 0, 0);
-        a1[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb + 16) : make_int4(0, 0, 0, 0);
-        dk[v] = act ? J.x.dk[xo / 256 + sb / 8] : 0.0f;
+        A.a0[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb) : make_int4(0, 0, 0, 0);
+        A.a1[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb + 16) : make_int4(0, 0, 0, 0);
+        A.dk[v] = act ? J.x.dk[xo / 256 + sb / 8] : 0.0f;
     }
+}
+
+template <bool SMASK_ALU>
+static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
+                                                      uint32_t rpw, const uint64_t *grid, const uint64_t *smask,
+                                                      const iq2_act &A) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t n = J.w.n_in, nsub = n / 32;
+    const int4(&a0)[IQU] = A.a0, (&a1)[IQU] = A.a1;
+    const float(&dk)[IQU] = A.dk;
     uint32_t r = rb0 + (threadIdx.x >> 5);
     if (r >= J.n_rows) return;
     uint2 wv[IQU];
@@ -792,6 +803,14 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
     const uint32_t pair = local / rbp;
     const uint32_t rb0 = (local % rbp) * rows_pb;
     if (blockIdx.x < L.pf_blocks && threadIdx.x == 0) mv_prefetch(L);
+    /* constant tables, and a one-pass activation written two or more
+     * launches back, before pdl_wait (they leave the chain after it) */
+    if (L.need_iq2) load_iq2_tables(s_grid, s_smask);
+    [[maybe_unused]] iq2_act A;
+    [[maybe_unused]] const bool iq2_1pass = NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS) && L.fast &&
+                                            J.w.n_in / 32 <= 32 * IQU;
+    if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS))
+        if (iq2_1pass && J.x_early) iq2_load_act(J, pair, A);
     pdl_wait();
     pdl_trigger();
     uint32_t mat = J.mat;
@@ -799,11 +818,11 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
         const int32_t e = J.mat_ids[pair];
         mat = e >= 0 && (uint32_t)e < J.w.n_mat ? (uint32_t)e : 0;
     }
-    if (L.need_iq2) load_iq2_tables(s_grid, s_smask);
     if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
-        if (L.fast && J.w.n_in / 32 <= 32 * IQU) {
-            if (L.iq2_table_signs) iq2_rows_1pass<false>(J, mat, pair, rb0, rpw, s_grid, s_smask);
-            else iq2_rows_1pass<true>(J, mat, pair, rb0, rpw, s_grid, s_smask);
+        if (iq2_1pass) {
+            if (!J.x_early) iq2_load_act(J, pair, A);
+            if (L.iq2_table_signs) iq2_rows_1pass<false>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
+            else iq2_rows_1pass<true>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
             return;
         }
     }
