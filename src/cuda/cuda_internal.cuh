@@ -562,10 +562,6 @@ typedef struct {
      * (inv_freq) itself, what head_post_kernel did in a launch before */
     int q_post;
     float q_eps;
-    /* the indexer's selection ran on the side branch (joined before the
-     * attention launch, not the kernel just before it): every row may be
-     * staged before pdl_wait */
-    int sel_early;
 } attn_params;
 /* The key/value rows token t (position p) attends, in order: the raw window
  * [lo, p] (n_raw rows of the ring), then n_comp compressed rows (the

@@ -583,8 +583,7 @@ extern "C" bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, 
     const size_t pf = cu_attention_part_floats(T, H, D, splits ? splits : 1);
     float *part = S.dev<float>(pf), *dout = S.dev<float>((size_t)T * H * D);
     if (!S.ok) return false;
-    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df, g_attn_q_post, g_attn_q_eps,
-                      dsel != NULL}; /* (the selection was uploaded before: every row staged before pdl_wait) */
+    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df, g_attn_q_post, g_attn_q_eps};
     if (!splits) { /* the tensor-core prefill kernel */
         if (!cu_attention_tc(S.st, ap, dq, T, dp, dout)) return S.fail("tensor-core attention does not apply"), false;
     } else
