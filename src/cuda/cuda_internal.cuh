@@ -562,6 +562,13 @@ typedef struct {
      * (inv_freq) itself, what head_post_kernel did in a launch before */
     int q_post;
     float q_eps;
+    /* decode: the rows were written at least two kernels back on every path
+     * into this launch (the side branch that wrote them ends with another
+     * kernel, the Sinkhorn split), so they may be staged before pdl_wait.
+     * A launch joined from another stream is a programmatic successor of
+     * that stream's last kernel too: rows from a side branch that ends with
+     * the KV / compressor launch, or an indexer selection, are not. */
+    int rows_early;
 } attn_params;
 /* The key/value rows token t (position p) attends, in order: the raw window
  * [lo, p] (n_raw rows of the ring), then n_comp compressed rows (the

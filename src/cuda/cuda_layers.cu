@@ -195,7 +195,8 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     if (ratio == 4 && F->s->trace_topk) trace_indexer(F, il, T);
     attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
-                      st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps};
+                      st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps,
+                      T == 1 && split_side};
     const uint32_t splits = T == 1 ? cs->splits1 : cs->splitsT;
     /* prefill chunks on tensor cores (with the BF16 products; FP16 needs the
      * F16-rounded KV rows of a non-exact model), else the exact kernel */

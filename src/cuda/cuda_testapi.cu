@@ -583,7 +583,8 @@ extern "C" bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, 
     const size_t pf = cu_attention_part_floats(T, H, D, splits ? splits : 1);
     float *part = S.dev<float>(pf), *dout = S.dev<float>((size_t)T * H * D);
     if (!S.ok) return false;
-    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df, g_attn_q_post, g_attn_q_eps};
+    attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df, g_attn_q_post, g_attn_q_eps,
+                      1}; /* (all uploaded before the launch: rows may be staged early) */
     if (!splits) { /* the tensor-core prefill kernel */
         if (!cu_attention_tc(S.st, ap, dq, T, dp, dout)) return S.fail("tensor-core attention does not apply"), false;
     } else

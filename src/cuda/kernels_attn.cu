@@ -880,10 +880,9 @@ template <int DPL, int WPH>
 __global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_params ap, const float *q,
                                                                      const int64_t *pos0, uint32_t S, uint32_t tr,
                                                                      float *part_o, float *part_ml, int early) {
-    /* Without the indexer's selection (written by the kernel just before)
-     * the rows were written at least two kernels back (the KV row and the
-     * compressors run on the side branch, joined before this launch), so
-     * they may be staged before pdl_wait, under the q_b product's tail */
+    /* early: the host says every row was written at least two kernels
+     * back on each path into this launch (attn_params.rows_early), so the
+     * rows are staged before pdl_wait, under the q_b product's tail */
     if (!early) pdl_wait();
     extern __shared__ __align__(16) float s_k[]; /* [2][tr][D]; at the end [ATT_HPB][D + 2] for the merge */
     const uint32_t t = blockIdx.x, hg = blockIdx.y, s = blockIdx.z;
@@ -1076,7 +1075,7 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     (void)part_floats;
     dim3 grid(T, (ap.H + ATT_HPB - 1) / ATT_HPB, splits);
     /* two warps a head (DS4_CUDA_ATT_WPH=1: one); rows staged before
-     * pdl_wait unless they come from the indexer's selection
+     * pdl_wait where the host allows it and no indexer selection is read
      * (DS4_CUDA_ATT_EARLY=0: never) */
     static int wph = -1, early_env = 1;
     if (wph < 0) {
@@ -1085,7 +1084,7 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
         e = getenv("DS4_CUDA_ATT_EARLY");
         early_env = !(e && *e == '0');
     }
-    const int early = early_env && !ap.sel;
+    const int early = early_env && ap.rows_early && !ap.sel;
 #define ATT_PART(DPL, WPH)                                                                                       \
     cu_launch(attn_part_kernel<DPL, WPH>, grid, 32 * ATT_HPB * WPH, smem, st, ap, q, pos0, splits, tr, part_o, \
               part_ml, early)
