@@ -363,7 +363,9 @@ typedef struct {
     int exact;               /* keep the exact kernels at any T (the router: expert choices) */
     int ids_early;           /* mat_ids were written two or more launches earlier (complete when this
                                 launch starts): decode may read them before pdl_wait to prefetch */
-    int x_early;             /* the same for x: decode's one-pass kernels load it before pdl_wait */
+    int x_early;             /* the same for x (on every path into the launch: a stream joined just
+                                before counts as the kernel before): the IQ2_XXS one-pass decode kernel
+                                loads it before pdl_wait */
 } mv_job;
 /* y = W x for T tokens, several independent products in one launch. */
 void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);

@@ -490,9 +490,10 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
         __syncwarp();
     };
     /* One token a block (decode): R and the expert ids were written at
-     * least two kernels back (the last HC post, the router), so the old
-     * columns and the experts' order are read before pdl_wait; only y and
-     * the routed rows wait for the kernel before */
+     * least two kernels back on every path into this launch (the last HC
+     * post and the router on the main stream; the side branch joined just
+     * before writes neither), so the old columns and the experts' order are
+     * read before pdl_wait; only y and the routed rows wait */
     float old_early[2][CT];
     if (TPB == 1 && blockIdx.y < T) {
         const float *Rt = R + (size_t)blockIdx.y * CT * E;
