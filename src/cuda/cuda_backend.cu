@@ -543,6 +543,8 @@ static bool cu_session_init(ds4_session *s, char *err, size_t errlen) {
     cs->splits1 = (264 + HG - 1) / HG;
     if (cs->splits1 > 32) cs->splits1 = 32;
     if (cs->splits1 < 1) cs->splits1 = 1;
+    if (const char *e = getenv("DS4_CUDA_ATT_SPLITS")) /* (measurements: 1..32) */
+        if (atoi(e) >= 1 && atoi(e) <= 32) cs->splits1 = (uint32_t)atoi(e);
     cs->splitsT = 1;
     carve c0 = {NULL, 0}, c1 = {NULL, 0};
     layout_state(s, cs, &c0);
