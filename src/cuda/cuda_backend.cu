@@ -253,6 +253,9 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     /* a blocking stream: ordered with the synchronous cudaMemcpy uploads */
     CU_OK(cudaStreamCreate(&cm->st), err, errlen, "stream");
     CU_OK(cudaStreamCreate(&cm->side), err, errlen, "stream");
+    CU_OK(cudaStreamCreate(&cm->hcs), err, errlen, "stream");
+    CU_OK(cudaEventCreateWithFlags(&cm->hcs_fork_ev, cudaEventDisableTiming), err, errlen, "event");
+    CU_OK(cudaEventCreateWithFlags(&cm->hcs_join_ev, cudaEventDisableTiming), err, errlen, "event");
     for (int i = 0; i < 3; i++) {
         CU_OK(cudaEventCreateWithFlags(&cm->fork_ev[i], cudaEventDisableTiming), err, errlen, "event");
         CU_OK(cudaEventCreateWithFlags(&cm->join_ev[i], cudaEventDisableTiming), err, errlen, "event");
@@ -265,6 +268,8 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->hc_gram = switch_on("DS4_CUDA_HC_GRAM");
     cm->split_side = switch_on("DS4_CUDA_HC_SPLIT_SIDE");
     cm->indexer_side = switch_on("DS4_CUDA_INDEXER_SIDE");
+    const char *hs = getenv("DS4_CUDA_HC_SPLIT_STREAM");
+    cm->split_stream = hs && *hs >= '0' && *hs <= '2' ? *hs - '0' : 2;
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
     const ds4_hparams *hp = m->hp;
     const ds4_model_weights *w = m->w;
@@ -399,10 +404,13 @@ static void cu_model_free(ds4_model *m) {
     for (void *p : cm->allocs) cudaFree(p);
     if (cm->st) cudaStreamDestroy(cm->st);
     if (cm->side) cudaStreamDestroy(cm->side);
+    if (cm->hcs) cudaStreamDestroy(cm->hcs);
     for (int i = 0; i < 3; i++) {
         if (cm->fork_ev[i]) cudaEventDestroy(cm->fork_ev[i]);
         if (cm->join_ev[i]) cudaEventDestroy(cm->join_ev[i]);
     }
+    if (cm->hcs_fork_ev) cudaEventDestroy(cm->hcs_fork_ev);
+    if (cm->hcs_join_ev) cudaEventDestroy(cm->hcs_join_ev);
     delete cm;
     m->bk = NULL;
 }
@@ -686,6 +694,18 @@ void join_side(fwd *F, int i) {
     if (side_of(F) == F->cm->st) return;
     cudaEventRecord(F->cm->join_ev[i], F->cm->side);
     cudaStreamWaitEvent(F->cm->st, F->cm->join_ev[i], 0);
+}
+
+cudaStream_t hcs_of(const fwd *F) { return side_of(F) == F->cm->st ? F->cm->st : F->cm->hcs; }
+void fork_hcs(fwd *F) {
+    if (hcs_of(F) == F->cm->st) return;
+    cudaEventRecord(F->cm->hcs_fork_ev, F->cm->st);
+    cudaStreamWaitEvent(F->cm->hcs, F->cm->hcs_fork_ev, 0);
+}
+void join_hcs(fwd *F) {
+    if (hcs_of(F) == F->cm->st) return;
+    cudaEventRecord(F->cm->hcs_join_ev, F->cm->hcs);
+    cudaStreamWaitEvent(F->cm->st, F->cm->hcs_join_ev, 0);
 }
 
 /* DS4_CUDA_SKIP=step,step,... (or ds4_cuda_set_skip): decode leaves out

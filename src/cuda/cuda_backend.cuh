@@ -30,6 +30,10 @@ typedef struct cu_model : cu_alloc {
     bool use_graph; /* DS4_CUDA_GRAPH */
     cudaStream_t side;  /* independent branches of a layer (KV row, compressors, shared expert) */
     cudaEvent_t fork_ev[3], join_ev[3];
+    cudaStream_t hcs;   /* decode: the Sinkhorn split of a layer half, from its start to its HC post */
+    cudaEvent_t hcs_fork_ev, hcs_join_ev;
+    int split_stream;   /* which halves' Sinkhorn splits run on hcs (DS4_CUDA_HC_SPLIT_STREAM: 2 both, the default;
+                           1 the FFN half's; 0 none: last on the side branch) */
     bool concurrent;    /* DS4_CUDA_STREAMS != 0 */
     bool side_fused;    /* decode: KV row and compressors in one launch (DS4_CUDA_SIDE_FUSED != 0) */
     bool router_alone;  /* decode: the router its own launch, the shared expert on the side (DS4_CUDA_ROUTER_ALONE != 0) */
@@ -98,6 +102,11 @@ typedef struct {
 cudaStream_t side_of(const fwd *F);
 void fork_side(fwd *F, int i);
 void join_side(fwd *F, int i);
+/* the Sinkhorn split's own stream (hcs; the main stream when profiling or
+ * synchronising per step) forked from the main stream, and joined back */
+cudaStream_t hcs_of(const fwd *F);
+void fork_hcs(fwd *F);
+void join_hcs(fwd *F);
 /* decode steps left out for measurements (DS4_CUDA_SKIP, ds4-bench --skip-sweep) */
 bool skipped(const char *what, uint32_t T);
 /* after a step: per-step sync / profile marks / step times, by name */

@@ -33,10 +33,13 @@ static dact forms_for(dact a, std::initializer_list<const dweight *> consumers, 
  * post, else here from R), the pre / post / comb split and out = the
  * collapsed, normed, quantized input. With the Gram partials the decode
  * collapse runs over many blocks and the Sinkhorn split (post, comb: read
- * first by this half's HC post) is left to the caller's side branch: returns
- * whether it was (then cu_hc_split with *hcp). */
+ * first by this half's HC post) runs apart: on its own stream from here when
+ * *on_hcs comes back true (the caller joins it before its HC post), else
+ * left to the caller's side branch. Returns whether the split runs apart
+ * (then, without *on_hcs, cu_hc_split with *hcp). half: 0 attention, 1 FFN. */
 static bool hc_pre_step(fwd *F, const dweight &fn, const float *scale, const float *base, const float *norm, dact out,
-                        uint32_t T, const char *mix_name, const char *name, hc_params *hcp) {
+                        uint32_t T, const char *mix_name, const char *name, hc_params *hcp, int half,
+                        bool *on_hcs) {
     const ds4_hparams *hp = F->s->m->hp;
     cu_session *cs = F->cs;
     const cudaStream_t sm = F->cm->st;
@@ -49,6 +52,12 @@ static bool hc_pre_step(fwd *F, const dweight &fn, const float *scale, const flo
     *hcp = {scale, base, C, hp->hc_sinkhorn_iter, (float)hp->hc_eps, F->mix_S};
     F->mix_S = 0;
     const bool split_side = F->gram && F->cm->split_side && cu_hc_pre_gram_ok(*hcp, T, E) && !skipped(name, T);
+    *on_hcs = split_side && F->cm->split_stream > (half == 0 ? 1 : 0);
+    if (*on_hcs) {
+        fork_hcs(F);
+        cu_hc_split(hcs_of(F), *hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
+        kcheck(F, half == 0 ? "hc split (attention)" : "hc split (ffn)");
+    }
     if (!skipped(name, T))
         cu_hc_pre(sm, *hcp, cs->hcpart, cs->R, T, E, norm, eps, cs->pre, cs->post, cs->comb, out,
                   F->gram ? cs->hcgram : NULL, split_side);
@@ -99,8 +108,9 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
                                   ratio == 4 ? &L->idx_kv : NULL, ratio == 4 ? &L->idx_gate : NULL,
                                   ratio == 4 ? &L->idx_proj : NULL});
     hc_params hcp;
+    bool split_hcs;
     const bool split_side = hc_pre_step(F, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, a_out, T,
-                                        "hc mix (attention)", "hc pre (attention)", &hcp);
+                                        "hc mix (attention)", "hc pre (attention)", &hcp, 0, &split_hcs);
 
     mv_job jb[8];
     int nj = 0;
@@ -138,7 +148,7 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
             kcheck(F, cj == &ca ? "attention compressor" : "indexer compressor");
         }
     }
-    if (split_side) {
+    if (split_side && !split_hcs) {
         cu_hc_split(ss, hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
         kcheck(F, "hc split (attention)");
     }
@@ -196,7 +206,7 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (ratio == 4 && F->s->trace_topk) trace_indexer(F, il, T);
     attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
                       st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps,
-                      T == 1 && split_side};
+                      T == 1 && split_side && !split_hcs};
     const uint32_t splits = T == 1 ? cs->splits1 : cs->splitsT;
     /* prefill chunks on tensor cores (with the BF16 products; FP16 needs the
      * F16-rounded KV rows of a non-exact model), else the exact kernel */
@@ -239,6 +249,7 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     if (!skipped("out_b", T)) cu_matvec(sm, jb, 1, T);
     kcheck(F, "out_b");
+    if (split_hcs) join_hcs(F);
     F->mix_S = skipped("hc post (attention)", T)
                    ? cu_hc_post_splits(E)
                    : cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart, NULL, NULL, 0,
@@ -257,8 +268,9 @@ void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     const float eps = (float)hp->rms_eps, clamp = hp->swiglu_clamp[il];
 
     hc_params hcp;
+    bool split_hcs;
     const bool split_side = hc_pre_step(F, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, cs->f, T,
-                                        "hc mix (ffn)", "hc pre (ffn)", &hcp);
+                                        "hc mix (ffn)", "hc pre (ffn)", &hcp, 1, &split_hcs);
     mv_job jb[4];
     jb[0] = job(L->router, av_of(cs->f), cs->rl, X);
     jb[0].exact = 1;
@@ -336,11 +348,12 @@ void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_moe_mm(sm, L->down_exps, X, cs->cnt, cs->off, cs->list, av_of(cs->h), 1, cs->ye, E, T);
     }
     kcheck(F, "experts down");
-    if (split_side) { /* the Sinkhorn split for this layer's hc_post, last on the side branch */
+    if (split_side && !split_hcs) { /* the Sinkhorn split for this layer's hc_post, last on the side branch */
         cu_hc_split(ss, hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
         kcheck(F, "hc split (ffn)");
     }
     join_side(F, 1);
+    if (split_hcs) join_hcs(F);
     /* the next mix: the next layer's attention, or the output head of a decode step */
     const dweight *next = il + 1 < hp->n_layer ? &cm->L[il + 1].hc_attn_fn : T == 1 ? &cm->out_hc_fn : NULL;
     /* the expert sum (shared + routed rows in the CPU's order) happens inside */

@@ -895,6 +895,28 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         if (T == 1 && fast_env && g_mv_spec &&
             (types == TB(DS4_TYPE_IQ2_XXS) || types == TB(DS4_TYPE_Q2_K) || short_q8))
             L.rpw = (uint32_t)rpw2_env;
+        /* a decode launch gets at least a block an SM: its rows a warp are
+         * halved until it does (the shared expert's down projection, 4096
+         * rows of 2048 values, had 64 blocks at 8 rows a warp: on the side
+         * branch, the FFN half's critical path; +1.9% decode on H100 at 128
+         * or 256 blocks). DS4_CUDA_MV_MIN_BLOCKS=N sets the floor (0: off). */
+        static int min_blocks = -1;
+        if (min_blocks < 0) {
+            const char *e = getenv("DS4_CUDA_MV_MIN_BLOCKS");
+            int dev = 0, sms = 0;
+            if (cudaGetDevice(&dev) != cudaSuccess ||
+                cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+                sms = 0;
+            min_blocks = e && *e ? (atoi(e) > 0 ? atoi(e) : 0) : sms;
+        }
+        auto blocks_at = [&](uint32_t rpw) {
+            uint32_t b = 0;
+            for (int j = 0; j < L.n_jobs; j++)
+                b += (jobs[base + j].n_pairs ? jobs[base + j].n_pairs : 1) *
+                     ((jobs[base + j].n_rows + MV_WARPS * rpw - 1) / (MV_WARPS * rpw));
+            return b;
+        };
+        while (T == 1 && L.rpw > 1 && blocks_at(L.rpw) < (uint32_t)min_blocks) L.rpw /= 2;
         uint32_t blocks = 0;
         for (int j = 0; j < L.n_jobs; j++) {
             L.jobs[j] = jobs[base + j];
