@@ -268,6 +268,7 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->hc_gram = switch_on("DS4_CUDA_HC_GRAM");
     cm->split_side = switch_on("DS4_CUDA_HC_SPLIT_SIDE");
     cm->indexer_side = switch_on("DS4_CUDA_INDEXER_SIDE");
+    cm->indexer_hcs = switch_on("DS4_CUDA_INDEXER_HCS");
     const char *hs = getenv("DS4_CUDA_HC_SPLIT_STREAM");
     cm->split_stream = hs && *hs >= '0' && *hs <= '2' ? *hs - '0' : 2;
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
@@ -706,6 +707,11 @@ void join_hcs(fwd *F) {
     if (hcs_of(F) == F->cm->st) return;
     cudaEventRecord(F->cm->hcs_join_ev, F->cm->hcs);
     cudaStreamWaitEvent(F->cm->st, F->cm->hcs_join_ev, 0);
+}
+void hcs_to_side(fwd *F) {
+    if (hcs_of(F) == F->cm->st) return;
+    cudaEventRecord(F->cm->hcs_join_ev, F->cm->hcs);
+    cudaStreamWaitEvent(F->cm->side, F->cm->hcs_join_ev, 0);
 }
 
 /* DS4_CUDA_SKIP=step,step,... (or ds4_cuda_set_skip): decode leaves out

@@ -43,6 +43,8 @@ typedef struct cu_model : cu_alloc {
     bool split_side;    /* ... and the Sinkhorn split runs on the side stream (DS4_CUDA_HC_SPLIT_SIDE != 0) */
     bool indexer_side;  /* decode: the indexer's query product, heads and top-k on the side stream beside q_b
                            (DS4_CUDA_INDEXER_SIDE != 0) */
+    bool indexer_hcs;   /* ... its query product and heads on hcs beside the KV row and compressors
+                           (DS4_CUDA_INDEXER_HCS != 0) */
 } cu_model;
 
 static inline cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -107,6 +109,7 @@ void join_side(fwd *F, int i);
 cudaStream_t hcs_of(const fwd *F);
 void fork_hcs(fwd *F);
 void join_hcs(fwd *F);
+void hcs_to_side(fwd *F); /* the side stream waits for the split's stream */
 /* decode steps left out for measurements (DS4_CUDA_SKIP, ds4-bench --skip-sweep) */
 bool skipped(const char *what, uint32_t T);
 /* after a step: per-step sync / profile marks / step times, by name */

@@ -161,24 +161,37 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
      * itself (one launch fewer; DS4_CUDA_Q_IN_ATTN=0: here) */
     const bool q_in_attn = T == 1 && cm->q_in_attn;
     const bool both_heads = T == 1 && ratio == 4 && !q_in_attn; /* both sets of heads in one launch */
-    /* decode with the indexer: its query product, heads and top-k on the
-     * side branch (after the KV row and compressors it reads), beside the
-     * main branch's q_b: they wait only for the normed q_a, and the
-     * attention for both (DS4_CUDA_INDEXER_SIDE=0: all on the main branch) */
+    /* decode with the indexer: its query product, heads and top-k beside
+     * the main branch's q_b (they wait only for the normed q_a, and the
+     * attention for both): the product and heads on the split's stream,
+     * beside the KV row and compressors on the side stream, and the scores +
+     * top-k on the side stream after both (DS4_CUDA_INDEXER_HCS=0: all
+     * three on the side stream after the KV row and compressors;
+     * DS4_CUDA_INDEXER_SIDE=0: all on the main branch) */
     const bool idx_side = T == 1 && ratio == 4 && q_in_attn && cm->indexer_side && ss != sm;
+    const bool idx_hcs = idx_side && split_hcs && cm->indexer_hcs;
     const float wscale = 1.0f / sqrtf((float)ID * (float)I);
-    if (idx_side) {
-        fork_side(F, 2);
-        const mv_job ji = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
-        if (!skipped("q_b", T)) cu_matvec(ss, &ji, 1, T);
-        kcheck(F, "indexer q_b");
+    auto indexer_heads = [&](cudaStream_t on) {
         if (!skipped("indexer queries", T))
-            cu_head_post(ss, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
+            cu_head_post(on, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
         kcheck(F, "indexer queries");
+    };
+    auto indexer_topk = [&](cudaStream_t on, bool cluster) {
         if (!skipped("indexer scores + top-k", T))
-            cu_indexer(ss, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0,
-                       cs->scores, cs->sel, cs->n_sel, !m->exact, F->topk_cluster);
+            cu_indexer(on, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0,
+                       cs->scores, cs->sel, cs->n_sel, !m->exact, cluster);
         kcheck(F, "indexer scores + top-k");
+    };
+    if (idx_side) {
+        const cudaStream_t qs = idx_hcs ? hcs_of(F) : ss;
+        if (idx_hcs) fork_hcs(F);
+        else fork_side(F, 2);
+        const mv_job ji = job(L->idx_q_b, av_of(cs->qa), cs->qi, I * ID);
+        if (!skipped("q_b", T)) cu_matvec(qs, &ji, 1, T);
+        kcheck(F, "indexer q_b");
+        indexer_heads(qs);
+        if (idx_hcs) hcs_to_side(F);
+        indexer_topk(ss, F->topk_cluster);
     }
     nj = 0;
     jb[nj++] = job(L->q_b, av_of(cs->qa), cs->q, H * D);
@@ -193,16 +206,9 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
     }
     kcheck(F, "q heads norm+rope");
-    if (ratio == 4 && !both_heads && !idx_side && !skipped("indexer queries", T)) {
-        cu_head_post(sm, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
-        kcheck(F, "indexer queries");
-    }
+    if (ratio == 4 && !both_heads && !idx_side) indexer_heads(sm);
     join_side(F, 0);
-    if (ratio == 4 && !idx_side && !skipped("indexer scores + top-k", T)) {
-        cu_indexer(sm, cs->qi, cs->wi, wscale, st->idx, st->comp_cap, T, I, ID, hp->indexer_top_k, cs->pos0, cs->scores,
-                   cs->sel, cs->n_sel, !m->exact, T == 1 && F->topk_cluster);
-        kcheck(F, "indexer scores + top-k");
-    }
+    if (ratio == 4 && !idx_side) indexer_topk(sm, T == 1 && F->topk_cluster);
     if (ratio == 4 && F->s->trace_topk) trace_indexer(F, il, T);
     attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
                       st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps,
