@@ -491,9 +491,10 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
     };
     /* One token a block (decode): R and the expert ids were written at
      * least two kernels back on every path into this launch (the last HC
-     * post and the router on the main stream; the side branch joined just
-     * before writes neither), so the old columns and the experts' order are
-     * read before pdl_wait; only y and the routed rows wait */
+     * post and the router on the main stream; the side branch and the
+     * split's stream joined just before write neither), so the old columns
+     * and the experts' order are read before pdl_wait; only y, the routed
+     * rows and the split's post / comb wait */
     float old_early[2][CT];
     if (TPB == 1 && blockIdx.y < T) {
         const float *Rt = R + (size_t)blockIdx.y * CT * E;
