@@ -269,6 +269,8 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->split_side = switch_on("DS4_CUDA_HC_SPLIT_SIDE");
     cm->indexer_side = switch_on("DS4_CUDA_INDEXER_SIDE");
     cm->indexer_hcs = switch_on("DS4_CUDA_INDEXER_HCS");
+    const char *dp = getenv("DS4_CUDA_DOWN_PREFETCH");
+    cm->down_prefetch = dp && !strcmp(dp, "1");
     const char *hs = getenv("DS4_CUDA_HC_SPLIT_STREAM");
     cm->split_stream = hs && *hs >= '0' && *hs <= '2' ? *hs - '0' : 2;
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;

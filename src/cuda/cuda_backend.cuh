@@ -45,6 +45,7 @@ typedef struct cu_model : cu_alloc {
                            (DS4_CUDA_INDEXER_SIDE != 0) */
     bool indexer_hcs;   /* ... its query product and heads on hcs beside the KV row and compressors
                            (DS4_CUDA_INDEXER_HCS != 0) */
+    bool down_prefetch; /* decode: the routed experts' down launch prefetches its rows (DS4_CUDA_DOWN_PREFETCH=1) */
 } cu_model;
 
 static inline cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
