@@ -898,8 +898,9 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         /* a decode launch gets at least a block an SM: its rows a warp are
          * halved until it does (the shared expert's down projection, 4096
          * rows of 2048 values, had 64 blocks at 8 rows a warp: on the side
-         * branch, the FFN half's critical path; +1.9% decode on H100 at 128
-         * or 256 blocks). DS4_CUDA_MV_MIN_BLOCKS=N sets the floor (0: off). */
+         * branch: +1.9% decode on H100 at 128 or 256 blocks with the
+         * Sinkhorn split last on that branch, +0.8% with the split on its own
+         * stream). DS4_CUDA_MV_MIN_BLOCKS=N sets the floor (0: off). */
         static int min_blocks = -1;
         if (min_blocks < 0) {
             const char *e = getenv("DS4_CUDA_MV_MIN_BLOCKS");
