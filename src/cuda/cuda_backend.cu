@@ -688,33 +688,20 @@ static void cu_state_from_host(ds4_session *s) {
 cudaStream_t side_of(const fwd *F) {
     return F->cm->concurrent && !F->marks && !F->cm->sync_each ? F->cm->side : F->cm->st;
 }
-void fork_side(fwd *F, int i) {
+/* `to` waits for everything queued on `from` so far (an event edge in the
+ * captured graph); nothing when profiling or synchronising per step (one
+ * stream then) */
+static void stream_link(fwd *F, cudaEvent_t ev, cudaStream_t from, cudaStream_t to) {
     if (side_of(F) == F->cm->st) return;
-    cudaEventRecord(F->cm->fork_ev[i], F->cm->st);
-    cudaStreamWaitEvent(F->cm->side, F->cm->fork_ev[i], 0);
+    cudaEventRecord(ev, from);
+    cudaStreamWaitEvent(to, ev, 0);
 }
-void join_side(fwd *F, int i) {
-    if (side_of(F) == F->cm->st) return;
-    cudaEventRecord(F->cm->join_ev[i], F->cm->side);
-    cudaStreamWaitEvent(F->cm->st, F->cm->join_ev[i], 0);
-}
-
+void fork_side(fwd *F, int i) { stream_link(F, F->cm->fork_ev[i], F->cm->st, F->cm->side); }
+void join_side(fwd *F, int i) { stream_link(F, F->cm->join_ev[i], F->cm->side, F->cm->st); }
 cudaStream_t hcs_of(const fwd *F) { return side_of(F) == F->cm->st ? F->cm->st : F->cm->hcs; }
-void fork_hcs(fwd *F) {
-    if (hcs_of(F) == F->cm->st) return;
-    cudaEventRecord(F->cm->hcs_fork_ev, F->cm->st);
-    cudaStreamWaitEvent(F->cm->hcs, F->cm->hcs_fork_ev, 0);
-}
-void join_hcs(fwd *F) {
-    if (hcs_of(F) == F->cm->st) return;
-    cudaEventRecord(F->cm->hcs_join_ev, F->cm->hcs);
-    cudaStreamWaitEvent(F->cm->st, F->cm->hcs_join_ev, 0);
-}
-void hcs_to_side(fwd *F) {
-    if (hcs_of(F) == F->cm->st) return;
-    cudaEventRecord(F->cm->hcs_join_ev, F->cm->hcs);
-    cudaStreamWaitEvent(F->cm->side, F->cm->hcs_join_ev, 0);
-}
+void fork_hcs(fwd *F) { stream_link(F, F->cm->hcs_fork_ev, F->cm->st, F->cm->hcs); }
+void join_hcs(fwd *F) { stream_link(F, F->cm->hcs_join_ev, F->cm->hcs, F->cm->st); }
+void hcs_to_side(fwd *F) { stream_link(F, F->cm->hcs_join_ev, F->cm->hcs, F->cm->side); }
 
 /* DS4_CUDA_SKIP=step,step,... (or ds4_cuda_set_skip): decode leaves out
  * the named steps (the names kcheck reports; "attention" also drops the o

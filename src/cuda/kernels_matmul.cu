@@ -910,11 +910,13 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
                 sms = 0;
             min_blocks = e && *e ? (atoi(e) > 0 ? atoi(e) : 0) : sms;
         }
+        /* blocks of job J at rpw rows a warp (its pairs one after another) */
+        auto job_blocks = [](const mv_job &J, uint32_t rpw) {
+            return (J.n_pairs ? J.n_pairs : 1) * ((J.n_rows + MV_WARPS * rpw - 1) / (MV_WARPS * rpw));
+        };
         auto blocks_at = [&](uint32_t rpw) {
             uint32_t b = 0;
-            for (int j = 0; j < L.n_jobs; j++)
-                b += (jobs[base + j].n_pairs ? jobs[base + j].n_pairs : 1) *
-                     ((jobs[base + j].n_rows + MV_WARPS * rpw - 1) / (MV_WARPS * rpw));
+            for (int j = 0; j < L.n_jobs; j++) b += job_blocks(jobs[base + j], rpw);
             return b;
         };
         while (T == 1 && L.rpw > 1 && blocks_at(L.rpw) < (uint32_t)min_blocks) L.rpw /= 2;
@@ -923,8 +925,7 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
             L.jobs[j] = jobs[base + j];
             if (L.jobs[j].n_pairs == 0) L.jobs[j].n_pairs = 1;
             L.blk0[j] = blocks;
-            const uint32_t rows_pb = MV_WARPS * L.rpw;
-            blocks += L.jobs[j].n_pairs * ((L.jobs[j].n_rows + rows_pb - 1) / rows_pb);
+            blocks += job_blocks(L.jobs[j], L.rpw);
             if (L.jobs[j].w.type == DS4_TYPE_IQ2_XXS) L.need_iq2 = 1;
         }
         L.blk0[L.n_jobs] = blocks;
