@@ -976,8 +976,8 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
             iq2_table = e && !strcmp(e, "table");
         }
         L.iq2_table_signs = iq2_table;
-        /* Q2_K one-pass rows 4 at a time: H100, 30 layers, 4k: +0.4% (216.4
-         * -> 217.2 tok/s; 2 rows: as 4, 8: -4%, spills) */
+        /* Q2_K one-pass rows 4 at a time: H100, 30 layers, 4k: +0.6% (214.3
+         * -> 215.6 tok/s, three rounds; 2 rows: as 4, 8: -4.6%, spills) */
         static int q2k_chunk = -1;
         if (q2k_chunk < 0) {
             const char *e = getenv("DS4_CUDA_Q2K_CHUNK");
