@@ -54,6 +54,20 @@ bool cu_pdl_enabled(void) {
     return g_pdl == 1;
 }
 
+void cu_carveout(const void *kernel) {
+    static int pct = -2;
+    if (pct == -2) {
+        const char *e = getenv("DS4_CUDA_CARVEOUT");
+        pct = e && *e && atoi(e) >= 0 && atoi(e) <= 100 ? atoi(e) : -1;
+    }
+    if (pct < 0) return;
+    static std::vector<const void *> seen;
+    for (const void *k : seen)
+        if (k == kernel) return;
+    seen.push_back(kernel);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, pct);
+}
+
 bool cu_dev_alloc(cu_alloc *cm, void **p, size_t bytes, char *err, size_t errlen, const char *what) {
     *p = NULL;
     if (!bytes) return true;
@@ -271,6 +285,12 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->indexer_hcs = switch_on("DS4_CUDA_INDEXER_HCS");
     const char *dp = getenv("DS4_CUDA_DOWN_PREFETCH");
     cm->down_prefetch = dp && !strcmp(dp, "1");
+    const char *fe = getenv("DS4_CUDA_FIN");
+    if (!fe) fe = "norm";
+    cm->fin_norm = strstr(fe, "norm") != NULL;
+    cm->fin_experts = strstr(fe, "experts") != NULL;
+    cm->fin_shared = strstr(fe, "shared") != NULL;
+    cm->fin_quant = strstr(fe, "quant") != NULL;
     const char *hs = getenv("DS4_CUDA_HC_SPLIT_STREAM");
     cm->split_stream = hs && *hs >= '0' && *hs <= '2' ? *hs - '0' : 2;
     if (!cu_tables_init(err, errlen) || !cu_attn_init(err, errlen)) return false;
@@ -496,6 +516,7 @@ static void layout_scratch(const ds4_session *s, cu_session *cs, carve *c) {
     cs->hcpart = (float *)take(c, cu_hc_part_floats(T, M > C ? M : C, C, E) * 4);
     cs->amax = (float *)take(c, cu_argmax_scratch_floats(1) * 4);
     cs->hcgram = (double *)take(c, cu_hc_gram_doubles(C, E) * 8);
+    cs->fin_cnt = (uint32_t *)take(c, FIN_SLOTS * 4);
     cs->pre = (float *)take(c, (size_t)T * C * 4);
     cs->post = (float *)take(c, (size_t)T * C * 4);
     cs->comb = (float *)take(c, (size_t)T * C * C * 4);
@@ -581,6 +602,7 @@ static bool cu_session_init(ds4_session *s, char *err, size_t errlen) {
     layout_state(s, cs, &c0);
     layout_scratch(s, cs, &c1);
     CU_OK(cudaMemsetAsync(cs->state_mem, 0, cs->state_bytes, cm->st), err, errlen, "state clear");
+    CU_OK(cudaMemsetAsync(cs->fin_cnt, 0, FIN_SLOTS * 4, cm->st), err, errlen, "counters clear");
     CU_OK(cudaMallocHost(&cs->h_tokens, (size_t)cs->T_cap * 4), err, errlen, "pinned tokens");
     CU_OK(cudaMallocHost(&cs->h_pos0, 8), err, errlen, "pinned position");
     CU_OK(cudaMallocHost(&cs->h_logits, (size_t)hp->n_vocab * 4), err, errlen, "pinned logits");

@@ -46,6 +46,13 @@ typedef struct cu_model : cu_alloc {
     bool indexer_hcs;   /* ... its query product and heads on hcs beside the KV row and compressors
                            (DS4_CUDA_INDEXER_HCS != 0) */
     bool down_prefetch; /* decode: the routed experts' down launch prefetches its rows (DS4_CUDA_DOWN_PREFETCH=1) */
+    /* decode: products whose last block forms the next product's activation (mv_job.fin) instead of a
+     * launch between them (DS4_CUDA_FIN: a list of norm, experts, shared, quant; default norm; "none":
+     * all launches) */
+    bool fin_norm;      /* the input projections: q_a's RMSNorm for q_b */
+    bool fin_experts;   /* the routed experts' gate/up: the SwiGLU for their down */
+    bool fin_shared;    /* the shared expert's gate/up: the SwiGLU for its down */
+    bool fin_quant;     /* out_a: its output's Q8_0 form for out_b */
 } cu_model;
 
 static inline cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -54,6 +61,14 @@ typedef struct {
     float *raw, *comp, *comp_kv, *comp_sc, *idx, *idx_kv, *idx_sc;
     uint32_t comp_cap;
 } cu_lstate;
+
+/* counters of the finishing decode products (mv_job.fin): one launch on a
+ * stream uses a slot range at a time; concurrent launches use different ones */
+#define FIN_SLOTS 64
+#define FIN_QA 0       /* the input projections (q_a) */
+#define FIN_OUTA 1     /* out_a, a slot a group (up to 16) */
+#define FIN_EXP 17     /* the routed experts' gate/up, a slot a pair (up to 32) */
+#define FIN_SH 49      /* the shared expert's gate/up (side stream) */
 
 typedef struct {
     std::vector<cu_lstate> ls;
@@ -67,6 +82,7 @@ typedef struct {
     float *part, *y, *rl, *sg, *su, *g, *u, *ye, *ysh, *wts, *logits, *hcpart, *amax;
     size_t part_floats;
     double *hcgram; /* the Gram partials of R a decode hc_post forms for the next hc_pre */
+    uint32_t *fin_cnt; /* [FIN_SLOTS] block counters of the finishing decode products (mv_job.fin) */
     int32_t *ids, *cnt, *off, *list;
     uint32_t *sel, *n_sel;
     dact a, qa, o, low, f, sh, h, hx;

@@ -105,11 +105,17 @@ static __device__ __forceinline__ void pdl_trigger(void) {
 /* whether cu_launch asks for programmatic serialization (cc >= 9.0 and
  * DS4_CUDA_PDL != 0) */
 bool cu_pdl_enabled(void);
+/* DS4_CUDA_CARVEOUT=N (0..100): every kernel cu_launch starts gets N as its
+ * preferred shared-memory carveout (set once a kernel), so consecutive
+ * kernels need no L1 / shared reconfiguration of an SM (a resident block of
+ * another configuration keeps a dependent kernel's blocks off that SM) */
+void cu_carveout(const void *kernel);
 /* cu_launch with clusters of cluster_x blocks along x (cc >= 9.0; 0: no
  * clusters) */
 template <typename... KArgs, typename... Args>
 static inline void cu_launch_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                                             cudaStream_t st, uint32_t cluster_x, Args... args) {
+    cu_carveout((const void *)kernel);
     cudaLaunchConfig_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.gridDim = grid;
@@ -366,7 +372,28 @@ typedef struct {
     int x_early;             /* the same for x (on every path into the launch: a stream joined just
                                 before counts as the kernel before): the IQ2_XXS one-pass decode kernel
                                 loads it before pdl_wait */
+    /* decode (T = 1): the launch's last block of the job (per pair; of all
+     * jobs sharing fin_count) forms the next product's activation from the
+     * rows this launch wrote, with the arithmetic of the launch it replaces,
+     * so that launch leaves the chain (cu_matvec_fin_ok says where it applies) */
+    int fin;                 /* MV_FIN_* */
+    uint32_t *fin_count;     /* device counters, one a pair, zero between launches (the last block resets its own) */
+    uint32_t fin_total;      /* blocks counted a pair (cu_matvec sets it) */
+    uint32_t fin_n;          /* values of the activation row */
+    const float *fin_x;      /* source row of pair p at fin_x + p fin_pstride (NORM / QUANT: y; SWIGLU: the gate rows) */
+    const float *fin_u;      /* SWIGLU: the up rows, laid out as fin_x */
+    uint32_t fin_pstride;
+    const float *fin_w;      /* NORM: the norm weights [fin_n] (or NULL); SWIGLU: route weight a pair (or NULL) */
+    float fin_eps;           /* NORM: RMSNorm eps; SWIGLU: the clamp */
+    dact fin_out;            /* destination: row p (SWIGLU) or 0, columns from fin_c0; the forms it has are written */
+    uint32_t fin_c0;
 } mv_job;
+#define MV_FIN_NONE 0
+#define MV_FIN_QUANT 1  /* the rows as they are (cu_quantize) */
+#define MV_FIN_NORM 2   /* RMSNorm times fin_w (cu_rmsnorm of one row) */
+#define MV_FIN_SWIGLU 3 /* clamp, SiLU(gate) * up * route weight (cu_swiglu) */
+/* whether job J may finish with J.fin at T = 1 (rows of fin_n % 256 == 0, 16-byte aligned sources) */
+bool cu_matvec_fin_ok(const mv_job &J);
 /* y = W x for T tokens, several independent products in one launch. */
 void cu_matvec(cudaStream_t st, const mv_job *jobs, int n_jobs, uint32_t T);
 /* decode router logits y[n_out] = W x for one token (F16/BF16 W, n_in a

@@ -29,6 +29,27 @@ static dact forms_for(dact a, std::initializer_list<const dweight *> consumers, 
     return a;
 }
 
+/* Decode: job j's last block (per pair) forms `out` from the rows the
+ * launch wrote (mv_job.fin), instead of a launch of its own after it;
+ * false (j unchanged) where that does not apply */
+static bool finish_with(mv_job &j, int mode, uint32_t *count, uint32_t n, const float *x, const float *u,
+                        uint32_t pstride, const float *w, float eps, const dact &out, uint32_t c0) {
+    mv_job f = j;
+    f.fin = mode;
+    f.fin_count = count;
+    f.fin_n = n;
+    f.fin_x = x;
+    f.fin_u = u;
+    f.fin_pstride = pstride;
+    f.fin_w = w;
+    f.fin_eps = eps;
+    f.fin_out = out;
+    f.fin_c0 = c0;
+    if (!cu_matvec_fin_ok(f)) return false;
+    j = f;
+    return true;
+}
+
 /* The hyper-connection before a layer half: its mix (formed by the last HC
  * post, else here from R), the pre / post / comb split and out = the
  * collapsed, normed, quantized input. With the Gram partials the decode
@@ -115,6 +136,12 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     mv_job jb[8];
     int nj = 0;
     jb[nj++] = job(L->q_a, av_of(cs->a), cs->qa.f, Q);
+    /* (in place; only the q_b products read the normed row: its floats are dropped when they take a quantized form) */
+    const dact qa_out = T == 1 ? forms_for(cs->qa, {&L->q_b, ratio == 4 ? &L->idx_q_b : NULL}, true) : cs->qa;
+    /* decode: the q_a job's last block normalises q_a (DS4_CUDA_FIN without norm: a launch of its own) */
+    const bool qa_fin = T == 1 && cm->fin_norm && !qa_out.f &&
+                        finish_with(jb[0], MV_FIN_NORM, cs->fin_cnt + FIN_QA, Q, cs->qa.f, NULL, 0, L->q_a_norm, eps,
+                                    qa_out, 0);
     jb[nj++] = job(L->kv, av_of(cs->a), cs->kvb, D);
     if (ratio) {
         jb[nj++] = job(L->comp_kv, av_of(cs->a), cs->pkv, W);
@@ -153,10 +180,11 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         kcheck(F, "hc split (attention)");
     }
     /* main branch: the queries */
-    /* (in place; only the q_b products read the normed row: its floats are dropped when they take a quantized form) */
-    dact qa_out = T == 1 ? forms_for(cs->qa, {&L->q_b, ratio == 4 ? &L->idx_q_b : NULL}, true) : cs->qa;
-    if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, qa_out, L->q_a_norm, T, Q, eps);
-    kcheck(F, "q_a norm");
+    if (!qa_fin) {
+        dact qo = qa_out;
+        if (!skipped("q_a norm", T)) cu_rmsnorm(sm, cs->qa.f, qo, L->q_a_norm, T, Q, eps);
+        kcheck(F, "q_a norm");
+    }
     /* decode: the attention kernel normalises and rotates the query heads
      * itself (one launch fewer; DS4_CUDA_Q_IN_ATTN=0: here) */
     const bool q_in_attn = T == 1 && cm->q_in_attn;
@@ -239,9 +267,21 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
         cu_quantize(sm, cs->o.f, H * D, T, cs->o);
         kcheck(F, "quantize o");
     }
+    /* decode: each out_a group's last block quantizes the group's rows for
+     * out_b (DS4_CUDA_FIN with quant) */
+    const dact low_q = forms_for(cs->low, {&L->out_b}, true);
+    bool low_fin = T == 1 && cm->fin_quant && G <= 16 && G <= MV_MAX_JOBS && !low_q.f;
+    for (uint32_t g = 0; low_fin && g < G; g++) {
+        mv_job j = out_a_job(g);
+        low_fin = finish_with(j, MV_FIN_QUANT, cs->fin_cnt + FIN_OUTA + g, OR, j.y, NULL, 0, NULL, 0.0f, low_q, g * OR);
+    }
     nj = 0;
     for (uint32_t g = 0; g < G; g++) {
-        jb[nj++] = out_a_job(g);
+        jb[nj] = out_a_job(g);
+        if (low_fin)
+            finish_with(jb[nj], MV_FIN_QUANT, cs->fin_cnt + FIN_OUTA + g, OR, jb[nj].y, NULL, 0, NULL, 0.0f, low_q,
+                        g * OR);
+        nj++;
         if (nj == 8 || g + 1 == G) {
             if (!skipped("out_a", T)) cu_matvec(sm, jb, nj, T);
             nj = 0;
@@ -249,7 +289,7 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     }
     kcheck(F, "out_a");
     jb[0] = job(L->out_b, av_of(cs->low), cs->y, E);
-    if (!cu_mma_dense_ok(jb[0], T) && !skipped("quantize low", T)) { /* the tensor-core product reads the floats */
+    if (!low_fin && !cu_mma_dense_ok(jb[0], T) && !skipped("quantize low", T)) { /* the tensor-core product reads the floats */
         cu_quantize(sm, cs->low.f, G * OR, T, cs->low);
         kcheck(F, "quantize low");
     }
@@ -292,9 +332,16 @@ void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
          * alone on the main one (the routing no longer waits for the shared
          * gate/up; DS4_CUDA_ROUTER_ALONE=0: the launch below) */
         fork_side(F, 1);
+        /* the gate/up's last block does the SwiGLU (DS4_CUDA_FIN with shared) */
+        const dact sh_out = forms_for(cs->sh, {&L->down_sh}, true);
+        bool sh_fin = cm->fin_shared && !sh_out.f;
+        for (int k = 1; sh_fin && k <= 2; k++)
+            sh_fin = finish_with(jb[k], MV_FIN_SWIGLU, cs->fin_cnt + FIN_SH, FF, cs->sg, cs->su, FF, NULL, clamp,
+                                 sh_out, 0);
+        if (!sh_fin) jb[1].fin = jb[2].fin = MV_FIN_NONE;
         if (!skipped("shared expert", T)) {
             cu_matvec(ss, jb + 1, 2, T);
-            cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
+            if (!sh_fin) cu_swiglu(ss, cs->sg, cs->su, NULL, T, FF, clamp, cs->sh);
             cu_matvec(ss, &dsh, 1, T);
         }
         kcheck(F, "shared expert");
@@ -328,10 +375,19 @@ void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
         u.y = cs->u;
         jb[0] = g;
         jb[1] = u;
+        /* the gate/up's last block of each pair does its SwiGLU (DS4_CUDA_FIN with experts) */
+        dact h_out = forms_for(cs->h, {&L->down_exps}, true);
+        bool h_fin = cm->fin_experts && K <= 32 && !h_out.f;
+        for (int k = 0; h_fin && k < 2; k++)
+            h_fin = finish_with(jb[k], MV_FIN_SWIGLU, cs->fin_cnt + FIN_EXP, FF, cs->g, cs->u, FF, cs->wts, clamp,
+                                h_out, 0);
+        if (!h_fin) jb[0].fin = jb[1].fin = MV_FIN_NONE;
         if (!skipped("experts gate/up", T)) cu_matvec(sm, jb, 2, 1);
         kcheck(F, "experts gate/up");
-        dact h_out = forms_for(cs->h, {&L->down_exps});
-        if (!skipped("experts swiglu", T)) cu_swiglu(sm, cs->g, cs->u, cs->wts, K, FF, clamp, h_out);
+        if (!h_fin) {
+            h_out = forms_for(cs->h, {&L->down_exps});
+            if (!skipped("experts swiglu", T)) cu_swiglu(sm, cs->g, cs->u, cs->wts, K, FF, clamp, h_out);
+        }
         kcheck(F, "experts swiglu");
         mv_job d = job(L->down_exps, av_of(cs->h), cs->ye, E);
         d.mat_ids = cs->ids;

@@ -6,6 +6,7 @@
  */
 #include <string.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "cuda_internal.cuh"
@@ -230,6 +231,118 @@ extern "C" bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *i
     cu_matvec(S.st, j, 2, 1);
     S.get(y, dy, (size_t)n_pairs * n_out);
     S.get(y2, dy2, n_out - 3);
+    return S.ok;
+}
+
+/* elements (floats, quants, scales, block sums) in which two activations
+ * of the same shape differ */
+static long forms_diff(scope &S, const dact &a, const dact &b) {
+    const size_t n = (size_t)a.rows * a.n;
+    long diff = 0;
+    auto cmp = [&](auto *x, auto *y, size_t m) {
+        using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+        std::vector<T> hx(m), hy(m);
+        S.get(hx.data(), x, m), S.get(hy.data(), y, m);
+        for (size_t i = 0; i < m; i++) diff += memcmp(&hx[i], &hy[i], sizeof(T)) != 0;
+    };
+    if (a.f && b.f) cmp(a.f, b.f, n);
+    if (a.q8) cmp(a.q8, b.q8, n), cmp(a.d8, b.d8, n / 32);
+    if (a.qk) cmp(a.qk, b.qk, n), cmp(a.dk, b.dk, n / 256), cmp(a.bk, b.bk, n / 16);
+    return S.ok ? diff : -1;
+}
+
+/* A decode launch whose last blocks form the next product's activation
+ * (mv_job.fin) against the plain launch followed by the launch it replaces;
+ * *diff: elements of the activation's float, Q8_0 and Q8_K forms that
+ * differ, y: the product (also compared: counted in *diff).
+ * MV_FIN_NORM: y = W x [n_out], then RMSNorm with aux [n_out] (eps);
+ * MV_FIN_SWIGLU: gate = W, up = W2, pairs with matrices ids[p] on the one
+ * row x, then the SwiGLU with route weights aux [n_pairs] (clamp eps);
+ * MV_FIN_QUANT: W's rows in n_groups jobs of n_out / n_groups rows, each
+ * quantizing its slice. */
+extern "C" bool ds4_cuda_test_matvec_fin(const ds4_weight *w, const ds4_weight *w2, int mode, const int32_t *ids,
+                                         uint32_t n_pairs, uint32_t n_groups, const float *x, const float *aux,
+                                         float eps, float *y, long *diff, char *err, size_t errlen) {
+    scope S(err, errlen);
+    dweight dw, du;
+    if (!S.weight(w, &dw)) return false;
+    if (mode == MV_FIN_SWIGLU && !S.weight(w2, &du)) return false;
+    const uint32_t n = (uint32_t)w->n_out, P = mode == MV_FIN_SWIGLU ? n_pairs : 1;
+    const uint32_t G = mode == MV_FIN_QUANT ? n_groups : 1, R = n / G;
+    dact a = S.act(1, (uint32_t)w->n_in, x);
+    float *daux = aux ? S.dev<float>(mode == MV_FIN_SWIGLU ? n_pairs : n, aux) : nullptr;
+    int32_t *did = ids ? S.dev<int32_t>(n_pairs, ids) : nullptr;
+    uint32_t *cnt = S.dev<uint32_t>(64);
+    float *yg[2], *yg2[2];
+    for (int k = 0; k < 2; k++) yg[k] = S.dev<float>((size_t)P * n), yg2[k] = S.dev<float>((size_t)P * n);
+    dact o = S.act(P, n, nullptr), o2 = S.act(P, n, nullptr);
+    if (!S.ok) return false;
+    cudaMemsetAsync(cnt, 0, 64 * 4, S.st);
+    mv_job j[MV_MAX_JOBS];
+    int nj = 0;
+    auto make = [&](const dweight &wt, float *yy, uint32_t row0, uint32_t rows) {
+        mv_job b;
+        memset(&b, 0, sizeof b);
+        b.w = wt;
+        b.mat_ids = did;
+        b.n_pairs = P;
+        b.y_pair = 1;
+        b.row0 = row0;
+        b.n_rows = rows;
+        b.x = av_of(a);
+        b.y = yy;
+        b.y_stride = rows;
+        return b;
+    };
+    if (mode == MV_FIN_SWIGLU) {
+        j[nj++] = make(dw, yg[0], 0, n);
+        j[nj++] = make(du, yg[1], 0, n);
+    } else {
+        for (uint32_t g = 0; g < G; g++) j[nj++] = make(dw, yg[0] + g * R, g * R, R);
+    }
+    /* the plain launch, then the separate one */
+    mv_job p[MV_MAX_JOBS];
+    for (int k = 0; k < nj; k++) {
+        p[k] = j[k];
+        p[k].y = mode == MV_FIN_SWIGLU ? yg2[k] : yg2[0] + (j[k].y - yg[0]);
+    }
+    cu_matvec(S.st, p, nj, 1);
+    if (mode == MV_FIN_NORM) cu_rmsnorm(S.st, yg2[0], o2, daux, 1, n, eps);
+    else if (mode == MV_FIN_SWIGLU) cu_swiglu(S.st, yg2[0], yg2[1], daux, P, n, eps, o2);
+    else cu_quantize(S.st, yg2[0], n, 1, o2);
+    /* the finishing launch, twice (the counters must reset themselves) */
+    for (int k = 0; k < nj; k++) {
+        mv_job &b = j[k];
+        b.fin = mode;
+        b.fin_count = cnt + (mode == MV_FIN_QUANT ? k : 0);
+        b.fin_n = mode == MV_FIN_QUANT ? R : n;
+        b.fin_x = mode == MV_FIN_SWIGLU ? yg[0] : b.y;
+        b.fin_u = mode == MV_FIN_SWIGLU ? yg[1] : nullptr;
+        b.fin_pstride = mode == MV_FIN_SWIGLU ? n : 0;
+        b.fin_w = daux;
+        b.fin_eps = eps;
+        b.fin_out = o;
+        if (mode == MV_FIN_QUANT) b.fin_out.f = nullptr; /* (the rows are the floats: cu_quantize writes none) */
+        b.fin_c0 = mode == MV_FIN_QUANT ? k * R : 0;
+        if (!cu_matvec_fin_ok(b)) return S.fail("finishing job does not apply"), false;
+    }
+    for (int rep = 0; rep < 2; rep++) {
+        if (rep) cudaMemsetAsync(o.q8, 0, (size_t)P * n, S.st), cudaMemsetAsync(o.qk, 0, (size_t)P * n, S.st);
+        cu_matvec(S.st, j, nj, 1);
+    }
+    std::vector<uint32_t> hc(64);
+    S.get(hc.data(), cnt, 64);
+    dact oc = o;
+    if (mode == MV_FIN_QUANT) oc.f = nullptr;
+    long d = forms_diff(S, oc, o2);
+    for (int k = 0; k < (mode == MV_FIN_SWIGLU ? 2 : 1); k++) {
+        std::vector<float> a1((size_t)P * n), a2((size_t)P * n);
+        S.get(a1.data(), yg[k], a1.size()), S.get(a2.data(), yg2[k], a2.size());
+        for (size_t i = 0; i < a1.size(); i++) d += memcmp(&a1[i], &a2[i], 4) != 0;
+    }
+    for (uint32_t c : hc) d += c != 0; /* counters back at zero */
+    S.get(y, yg[0], (size_t)P * n);
+    *diff = d;
     return S.ok;
 }
 

@@ -157,6 +157,12 @@ bool ds4_cuda_test_matmul_groups(const ds4_weight *w, uint64_t mat, uint32_t G, 
 bool ds4_cuda_test_moe_swiglu(const ds4_weight *gate, const ds4_weight *up, const int32_t *ids, uint32_t n_pairs,
                               const float *x, uint32_t x_div, const float *wts, float clamp, float *h, float *h_sep,
                               char *err, size_t errlen);
+/* a decode launch whose last blocks form the next activation (mode 2: RMSNorm of y = W x with weights aux,
+ * 3: SwiGLU of gate W / up W2 expert pairs with route weights aux, clamp eps, 1: Q8_0/Q8_K of W's rows in
+ * n_groups jobs) against the separate launches: *diff = differing elements (0 expected), y the product */
+bool ds4_cuda_test_matvec_fin(const ds4_weight *w, const ds4_weight *w2, int mode, const int32_t *ids, uint32_t n_pairs,
+                              uint32_t n_groups, const float *x, const float *aux, float eps, float *y, long *diff,
+                              char *err, size_t errlen);
 bool ds4_cuda_test_matvec_pairs(const ds4_weight *w, const int32_t *ids, uint32_t n_pairs, const float *x,
                                 bool x_shared, float *y, float *y2, char *err, size_t errlen);
 bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const float *post, const float *comb, uint32_t T, uint32_t C,

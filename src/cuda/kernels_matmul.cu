@@ -556,17 +556,16 @@ typedef struct {
     int4 a0[IQU], a1[IQU];
     float dk[IQU];
 } iq2_act;
-static __device__ __forceinline__ void iq2_load_act(const mv_job &J, uint32_t pair, iq2_act &A) {
+static __device__ __forceinline__ void iq2_load_act(const mv_job &J, const act_view &X, size_t xo, iq2_act &A) {
     const int lane = threadIdx.x & 31;
     const uint32_t nsub = J.w.n_in / 32;
-    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
 #pragma unroll
     for (int v = 0; v < IQU; v++) {
         const uint32_t sb = 32 * v + lane;
         const bool act = sb < nsub;
-        A.a0[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb) : make_int4(0, 0, 0, 0);
-        A.a1[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb + 16) : make_int4(0, 0, 0, 0);
-        A.dk[v] = act ? J.x.dk[xo / 256 + sb / 8] : 0.0f;
+        A.a0[v] = act ? *(const int4 *)(X.qk + xo + 32 * (size_t)sb) : make_int4(0, 0, 0, 0);
+        A.a1[v] = act ? *(const int4 *)(X.qk + xo + 32 * (size_t)sb + 16) : make_int4(0, 0, 0, 0);
+        A.dk[v] = act ? X.dk[xo / 256 + sb / 8] : 0.0f;
     }
 }
 
@@ -666,11 +665,10 @@ static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t 
  * rows (a Q2_K row's reduction is short, ~80 instructions a lane, far less
  * than a load's latency) */
 template <int CH>
-static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
-                                                      uint32_t rpw) {
+static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, const act_view &X, size_t xo, uint32_t mat,
+                                                      uint32_t pair, uint32_t rb0, uint32_t rpw) {
     const int lane = threadIdx.x & 31;
     const uint32_t n = J.w.n_in, nunits = (n / 256) * 4;
-    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
     const bool act = (uint32_t)lane < nunits;
     const uint32_t blk = lane >> 2, part = lane & 3, h = part >> 1, k = part & 1;
     int4 av[4];
@@ -678,10 +676,10 @@ static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, uint32_t 
     float dx = 0.0f;
 #pragma unroll
     for (int jj = 0; jj < 4; jj++) {
-        av[jj] = act ? *(const int4 *)(J.x.qk + xo + 256 * (size_t)blk + 128 * h + 16 * k + 32 * jj) : make_int4(0, 0, 0, 0);
-        bs[jj] = act ? J.x.bk[xo / 16 + 16 * (size_t)blk + 8 * h + 2 * jj + k] : 0;
+        av[jj] = act ? *(const int4 *)(X.qk + xo + 256 * (size_t)blk + 128 * h + 16 * k + 32 * jj) : make_int4(0, 0, 0, 0);
+        bs[jj] = act ? X.bk[xo / 16 + 16 * (size_t)blk + 8 * h + 2 * jj + k] : 0;
     }
-    if (act) dx = J.x.dk[xo / 256 + blk];
+    if (act) dx = X.dk[xo / 256 + blk];
     uint32_t r = rb0 + (threadIdx.x >> 5);
     if (r >= J.n_rows) return;
     auto load = [&](uint32_t row, uint32_t (&q)[4], uint32_t (&s)[2], uint32_t &d) {
@@ -756,19 +754,18 @@ static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, uint32_t 
  * flight while this one is reduced (short rows give a warp few bytes to
  * load, so without the second row in flight q_b ran at ~40% of DRAM). */
 template <int CPL>
-static __device__ __forceinline__ void q8_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
-                                                     uint32_t rpw) {
+static __device__ __forceinline__ void q8_rows_1pass(const mv_job &J, const act_view &X, size_t xo, uint32_t mat,
+                                                     uint32_t pair, uint32_t rb0, uint32_t rpw) {
     const int lane = threadIdx.x & 31;
     const uint32_t n = J.w.n_in, nch = n / 16;
-    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
     int4 xa[CPL];
     float dx[CPL];
 #pragma unroll
     for (int u = 0; u < CPL; u++) {
         const uint32_t c = 32 * u + lane;
         const bool act = c < nch;
-        xa[u] = act ? *(const int4 *)(J.x.q8 + xo + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
-        dx[u] = act ? J.x.d8[xo / 32 + c / 2] : 0.0f;
+        xa[u] = act ? *(const int4 *)(X.q8 + xo + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+        dx[u] = act ? X.d8[xo / 32 + c / 2] : 0.0f;
     }
     uint32_t r = rb0 + (threadIdx.x >> 5);
     if (r >= J.n_rows) return;
@@ -815,10 +812,149 @@ static __device__ __forceinline__ void q8_rows_1pass(const mv_job &J, uint32_t m
     }
 }
 
-/* OCC: the decode variant capped at 64 registers (4 blocks, 32 warps an SM:
- * more weight bytes in flight), for the Q8_0 (+ F16) instantiations. Only
- * the expert id (routing output) waits for the previous kernel's writes. */
-template <int NT, bool OCC, uint32_t TYPES = TB_ALL>
+/* Decode activation finish (mv_job.fin). The products before q_b, the
+ * routed and shared experts' down and out_b each needed a short launch of
+ * their own (q_a's RMSNorm, the SwiGLU, the quantization of out_a's
+ * output): a dependent launch in the chain. Instead the block of the
+ * producing launch that counts last (per pair: gate and up blocks share a
+ * counter) forms that activation from the rows the launch wrote, read from
+ * L2, and writes its quantized forms where the consumer reads them, with
+ * the arithmetic of the launch it replaces (rmsnorm_slice_kernel's thread
+ * strides for the double sum; swiglu_slice_kernel; quantize_kernel's
+ * scales, rounding and Q8_K tie rule): bit-identical. A thread takes 8
+ * consecutive values a round (a Q8_0 block is 4 lanes, a Q8_K block a
+ * warp), so every block of the row is quantized at once. (Forming the
+ * activation in every block of the consuming launch instead, in shared
+ * memory, cost 2% a fusion on H100: each SM repeated it for 4 blocks
+ * before its first weight load.) */
+
+/* values [i0, i0 + 8) of a row into its Q8_0 form (4 lanes a block) and /
+ * or Q8_K form (a warp a block; the first value of largest magnitude sets
+ * the scale); the caller's lanes walk i0 = 8 lane + 256 k in step */
+static __device__ __forceinline__ void act_store8(const float (&v)[8], uint32_t i0, const qrow &q) {
+    const int lane = threadIdx.x & 31;
+    auto pack = [](const int (&qi)[8], uint32_t k) {
+        return (uint32_t)(uint8_t)qi[k] | (uint32_t)(uint8_t)qi[k + 1] << 8 | (uint32_t)(uint8_t)qi[k + 2] << 16 |
+               (uint32_t)(uint8_t)qi[k + 3] << 24;
+    };
+    if (q.q8) { /* quantize_kernel: d = amax / 127, q = round(x / d) */
+        float amax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int qi[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) qi[k] = (int8_t)roundf(v[k] * id);
+        *(uint2 *)(q.q8 + i0) = make_uint2(pack(qi, 0), pack(qi, 4));
+        if ((lane & 3) == 0) q.d8[i0 / 32] = round_f16(d);
+    }
+    if (q.qk) {
+        float ax = -1.0f, xv = 0.0f;
+        int ix = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float a = fabsf(v[k]);
+            if (a > ax) { ax = a; ix = 8 * lane + k; xv = v[k]; }
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float oa = __shfl_xor_sync(0xffffffffu, ax, off), ov = __shfl_xor_sync(0xffffffffu, xv, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, ix, off);
+            if (oa > ax || (oa == ax && oi < ix)) { ax = oa; ix = oi; xv = ov; }
+        }
+        const float iscale = ax > 0.0f ? -127.0f / xv : 0.0f;
+        int qi[8], sum = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int t = ax > 0.0f ? __float2int_rn(iscale * v[k]) : 0;
+            qi[k] = t < 127 ? t : 127;
+            sum += qi[k];
+        }
+        *(uint2 *)(q.qk + i0) = make_uint2(pack(qi, 0), pack(qi, 4));
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        if (!(lane & 1)) q.bk[i0 / 16] = sum;
+        if (lane == 0) q.dk[i0 / 256] = ax > 0.0f ? 1.0f / iscale : 0.0f;
+    }
+}
+
+static __device__ __forceinline__ void ld8(const float *p, float (&v)[8]) {
+    const float4 a = __ldcg((const float4 *)p), b = __ldcg((const float4 *)(p + 4));
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+/* the activation of pair p, by the whole (last) block; sources through L2 */
+static __device__ __noinline__ void act_finish(const mv_job &J, uint32_t p) {
+    const uint32_t n = J.fin_n, row = J.fin == MV_FIN_SWIGLU ? p : 0;
+    const float *x = J.fin_x + (size_t)p * J.fin_pstride;
+    const qrow q = qrow_of(J.fin_out, row, J.fin_c0);
+    float *fo = J.fin_out.f ? J.fin_out.f + (size_t)row * J.fin_out.n + J.fin_c0 : NULL;
+    float scale = 1.0f;
+    if (J.fin == MV_FIN_NORM) { /* rmsnorm_slice_kernel's sum: thread k adds x[k], x[k + 256], ... */
+        __shared__ double red[32];
+        double ss = 0;
+#pragma unroll 4
+        for (uint32_t k = threadIdx.x; k < n; k += blockDim.x) {
+            const float v = __ldcg(x + k);
+            ss += (double)v * v;
+        }
+        ss = block_sum_d(ss, red);
+        scale = (float)(1.0 / sqrt(ss / n + (double)J.fin_eps));
+    }
+    const float rw = J.fin == MV_FIN_SWIGLU && J.fin_w ? J.fin_w[p] : 1.0f, c = J.fin_eps;
+    for (uint32_t i0 = 8 * threadIdx.x; i0 < n; i0 += 8 * blockDim.x) {
+        float v[8];
+        ld8(x + i0, v);
+        if (J.fin == MV_FIN_NORM) {
+            float w[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+            if (J.fin_w) ld8(J.fin_w + i0, w);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                v[k] = J.fin_w ? __fmul_rn(__fmul_rn(v[k], scale), w[k]) : __fmul_rn(v[k], scale);
+        } else if (J.fin == MV_FIN_SWIGLU) {
+            float u[8];
+            ld8(J.fin_u + (size_t)p * J.fin_pstride + i0, u);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float gv = fminf(v[k], c), uv = fminf(fmaxf(u[k], -c), c);
+                v[k] = gv / (1.0f + expf(-gv)) * uv * rw;
+            }
+        }
+        if (fo) {
+            *(float4 *)(fo + i0) = make_float4(v[0], v[1], v[2], v[3]);
+            *(float4 *)(fo + i0 + 4) = make_float4(v[4], v[5], v[6], v[7]);
+        }
+        act_store8(v, i0, q);
+    }
+}
+
+/* after the block's rows: count it; the last block of the pair finishes */
+static __device__ __noinline__ void mv_finish(const mv_job &J, uint32_t pair) {
+    __shared__ bool s_last;
+    const uint32_t slot = J.fin == MV_FIN_SWIGLU ? pair : 0;
+    __threadfence(); /* this thread's rows before the count */
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&J.fin_count[slot], 1u) == J.fin_total - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    if (threadIdx.x == 0) J.fin_count[slot] = 0; /* (for the next launch: graph replays) */
+    act_finish(J, pair);
+}
+
+bool cu_matvec_fin_ok(const mv_job &J) {
+    auto al16 = [](const void *p) { return ((uintptr_t)p & 15) == 0; };
+    const dact &o = J.fin_out;
+    const bool forms = (o.q8 || o.qk || o.f) && (!o.f || al16(o.f)) && o.n % 256 == 0;
+    return J.fin && J.fin_count && J.fin_x && al16(J.fin_x) && J.fin_n % 256 == 0 && J.fin_c0 % 256 == 0 &&
+           J.fin_c0 + J.fin_n <= o.n && J.fin_pstride % 4 == 0 && forms &&
+           (J.fin != MV_FIN_NORM || al16(J.fin_w)) && (J.fin != MV_FIN_SWIGLU || (J.fin_u && al16(J.fin_u)));
+}
+
+/* FIN: the instantiation for launches with a finishing job (mv_finish),
+ * apart so the others' register allocation stays as it was */
+template <int NT, bool OCC, uint32_t TYPES = TB_ALL, bool FIN = false>
 __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matvec_kernel(const __grid_constant__ mv_launch L) {
     __shared__ uint64_t s_grid[256];
     __shared__ uint64_t s_smask[128];
@@ -838,7 +974,7 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
     [[maybe_unused]] const bool iq2_1pass = NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS) && L.fast &&
                                             J.w.n_in / 32 <= 32 * IQU;
     if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS))
-        if (iq2_1pass && J.x_early) iq2_load_act(J, pair, A);
+        if (iq2_1pass && J.x_early) iq2_load_act(J, J.x, (size_t)(pair * J.x_pair) * J.x.stride + J.x.off, A);
     pdl_wait();
     pdl_trigger();
     uint32_t mat = J.mat;
@@ -846,48 +982,55 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
         const int32_t e = J.mat_ids[pair];
         mat = e >= 0 && (uint32_t)e < J.w.n_mat ? (uint32_t)e : 0;
     }
-    if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
-        if (iq2_1pass) {
-            if (!J.x_early) iq2_load_act(J, pair, A);
-            if (L.iq2_table_signs) iq2_rows_1pass<false>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
-            else iq2_rows_1pass<true>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
-            return;
+    /* the rows of this block against activation row xrow of X */
+    auto rows = [&](const act_view &X, uint32_t xrow) {
+        const size_t xo = (size_t)xrow * X.stride + X.off;
+        if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
+            if (iq2_1pass) {
+                if (!J.x_early) iq2_load_act(J, X, xo, A);
+                if (L.iq2_table_signs) iq2_rows_1pass<false>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
+                else iq2_rows_1pass<true>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
+                return;
+            }
         }
-    }
-    if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q8_0)) {
-        if (L.fast && J.w.n_in <= 1024) {
-            q8_rows_1pass<2>(J, mat, pair, rb0, rpw);
-            return;
+        if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q8_0)) {
+            if (L.fast && J.w.n_in <= 1024) {
+                q8_rows_1pass<2>(J, X, xo, mat, pair, rb0, rpw);
+                return;
+            }
+            if (L.fast && J.w.n_in <= 2048) {
+                q8_rows_1pass<4>(J, X, xo, mat, pair, rb0, rpw);
+                return;
+            }
         }
-        if (L.fast && J.w.n_in <= 2048) {
-            q8_rows_1pass<4>(J, mat, pair, rb0, rpw);
-            return;
+        if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q2_K)) {
+            if (L.fast && (J.w.n_in / 256) * 4 <= 32) {
+                if (L.q2k_chunk) q2k_rows_1pass<4>(J, X, xo, mat, pair, rb0, rpw);
+                else q2k_rows_1pass<1>(J, X, xo, mat, pair, rb0, rpw);
+                return;
+            }
         }
-    }
-    if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q2_K)) {
-        if (L.fast && (J.w.n_in / 256) * 4 <= 32) {
-            if (L.q2k_chunk) q2k_rows_1pass<4>(J, mat, pair, rb0, rpw);
-            else q2k_rows_1pass<1>(J, mat, pair, rb0, rpw);
-            return;
-        }
-    }
-    for (uint32_t k = 0; k < rpw; k++) {
-        const uint32_t r = rb0 + k * MV_WARPS + (threadIdx.x >> 5);
-        if (r >= J.n_rows) break;
-        const uint64_t wrow = (uint64_t)mat * J.w.n_out + J.row0 + r;
-        for (uint32_t t0 = 0; t0 < L.T; t0 += NT) {
-            const int nt = L.T - t0 < (uint32_t)NT ? (int)(L.T - t0) : NT;
-            uint32_t xr[NT];
+        for (uint32_t k = 0; k < rpw; k++) {
+            const uint32_t r = rb0 + k * MV_WARPS + (threadIdx.x >> 5);
+            if (r >= J.n_rows) break;
+            const uint64_t wrow = (uint64_t)mat * J.w.n_out + J.row0 + r;
+            for (uint32_t t0 = 0; t0 < L.T; t0 += NT) {
+                const int nt = L.T - t0 < (uint32_t)NT ? (int)(L.T - t0) : NT;
+                uint32_t xr[NT];
 #pragma unroll
-            for (int j = 0; j < NT; j++) xr[j] = pair * J.x_pair + t0 + j;
-            float out[NT];
-            row_dot<NT, TYPES>(J.w, wrow, J.x, xr, nt, out, s_grid, s_smask);
-            if ((threadIdx.x & 31) == 0)
+                for (int j = 0; j < NT; j++) xr[j] = xrow + t0 + j;
+                float out[NT];
+                row_dot<NT, TYPES>(J.w, wrow, X, xr, nt, out, s_grid, s_smask);
+                if ((threadIdx.x & 31) == 0)
 #pragma unroll
-                for (int j = 0; j < NT; j++)
-                    if (j < nt) J.y[((size_t)pair * J.y_pair + t0 + j) * J.y_stride + r] = out[j];
+                    for (int j = 0; j < NT; j++)
+                        if (j < nt) J.y[((size_t)pair * J.y_pair + t0 + j) * J.y_stride + r] = out[j];
+            }
         }
-    }
+    };
+    rows(J.x, pair * J.x_pair);
+    if constexpr (NT == 1 && FIN)
+        if (J.fin) mv_finish(J, pair);
 }
 
 /* decode mat-vecs compiled for the job list's weight types (DS4_CUDA_MV_SPEC=0: one kernel for all) */
@@ -959,6 +1102,21 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
         }
         L.blk0[L.n_jobs] = blocks;
         if (!blocks) continue;
+        /* finishing jobs (T = 1): the blocks a pair of all jobs sharing the counter */
+        bool fin = false;
+        for (int j = 0; j < L.n_jobs; j++) {
+            mv_job &J = L.jobs[j];
+            if (!J.fin) continue;
+            if (T != 1 || !cu_matvec_fin_ok(J)) { /* (callers check) */
+                J.fin = MV_FIN_NONE;
+                continue;
+            }
+            fin = true;
+            J.fin_total = 0;
+            for (int k = 0; k < L.n_jobs; k++)
+                if (L.jobs[k].fin && L.jobs[k].fin_count == J.fin_count)
+                    J.fin_total += (L.jobs[k].n_rows + MV_WARPS * L.rpw - 1) / (MV_WARPS * L.rpw);
+        }
         /* decode weight prefetch (mv_prefetch): DS4_CUDA_MV_PREFETCH_MB
          * (default 6, 0: off) caps the bytes, 256 blocks share them: 43
          * layers at 4k, H200 126.9 / 130.4 / 130.2 / 129.7 tok/s at 32 / 4 /
@@ -996,7 +1154,16 @@ static void matvec_launch(cudaStream_t st, const mv_job *jobs, int n_jobs, uint3
             const char *e = getenv("DS4_CUDA_MV_OCC");
             occ = !(e && *e == '0');
         }
-        if (T == 1 && occ && g_mv_spec && types == TB(DS4_TYPE_Q8_0))
+        if (fin) {
+            if (occ && g_mv_spec && types == TB(DS4_TYPE_Q8_0))
+                cu_launch(matvec_kernel<1, true, TB(DS4_TYPE_Q8_0), true>, blocks, 256, 0, st, L);
+            else if (occ && g_mv_spec && !(types & ~(TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16))))
+                cu_launch(matvec_kernel<1, true, TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16), true>, blocks, 256, 0, st, L);
+            else if (g_mv_spec && types == TB(DS4_TYPE_IQ2_XXS))
+                cu_launch(matvec_kernel<1, false, TB(DS4_TYPE_IQ2_XXS), true>, blocks, 256, 0, st, L);
+            else
+                cu_launch(matvec_kernel<1, false, TB_ALL, true>, blocks, 256, 0, st, L);
+        } else if (T == 1 && occ && g_mv_spec && types == TB(DS4_TYPE_Q8_0))
             cu_launch(matvec_kernel<1, true, TB(DS4_TYPE_Q8_0)>, blocks, 256, 0, st, L);
         else if (T == 1 && occ && g_mv_spec && !(types & ~(TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16))))
             cu_launch(matvec_kernel<1, true, TB(DS4_TYPE_Q8_0) | TB(DS4_TYPE_F16)>, blocks, 256, 0, st, L);

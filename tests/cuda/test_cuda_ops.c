@@ -228,6 +228,54 @@ static void test_matvec_pairs(void) {
     }
 }
 
+/* decode products whose last blocks form the next product's activation
+ * (mv_job.fin: q_a's RMSNorm in the input projections, the experts' SwiGLU
+ * in their gate/up, the quantization of out_a's output in out_a): the
+ * product within the product tolerance of the CPU, the activation's forms
+ * bit-identical to the separate launch they replace, launched twice (the
+ * block counters reset themselves) */
+static void test_matvec_fin(void) {
+    static const struct {
+        ds4_dtype t;
+        uint32_t n_in, n_out, pairs, groups;
+        int mode; /* 2 norm, 3 swiglu, 1 quantize */
+    } cases[] = {{DS4_TYPE_Q8_0, 4096, 1024, 1, 1, 2},   {DS4_TYPE_Q8_0, 1024, 512, 1, 1, 2},
+                 {DS4_TYPE_F16, 512, 256, 1, 1, 2},      {DS4_TYPE_IQ2_XXS, 1024, 512, 6, 1, 3},
+                 {DS4_TYPE_Q8_0, 4096, 512, 1, 1, 3},    {DS4_TYPE_Q4_K, 768, 256, 6, 1, 3},
+                 {DS4_TYPE_Q8_0, 1024, 768, 1, 3, 1},    {DS4_TYPE_Q8_0, 512, 2048, 1, 8, 1}};
+    static const char *mode_name[] = {"", "quantize", "RMSNorm", "SwiGLU"};
+    char err[256], name[112];
+    const int32_t ids[6] = {4, 0, 6, 3, 5, 1};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const uint32_t n_in = cases[c].n_in, n = cases[c].n_out, P = cases[c].pairs;
+        const int mode = cases[c].mode;
+        const uint32_t X = P > 1 ? 7 : 1;
+        void *mem, *mem2 = NULL;
+        ds4_weight w = make_weight(cases[c].t, n_in, n, X, 1.0f, &mem), w2 = w;
+        if (mode == 3) w2 = make_weight(cases[c].t, n_in, n, X, 1.0f, &mem2);
+        float *x = falloc(n_in), *aux = falloc(mode == 3 ? P : n), *ref = falloc((size_t)P * n), *got = falloc((size_t)P * n);
+        fill(x, n_in, 2.0f);
+        const float eps = mode == 3 ? 10.0f : 1e-6f;
+        if (mode == 3) for (uint32_t p = 0; p < P; p++) aux[p] = 0.5f + 0.5f * frand();
+        else for (uint32_t i = 0; i < n; i++) aux[i] = 1 + 0.2f * frand();
+        for (uint32_t p = 0; p < P; p++) ds4_matmul(pool, &w, P > 1 ? ids[p] : 0, x, 1, ref + (size_t)p * n);
+        long diff = -1;
+        const bool ok = ds4_cuda_test_matvec_fin(&w, &w2, mode, P > 1 ? ids : NULL, P, cases[c].groups, x,
+                                                 mode == 1 ? NULL : aux, eps, got, &diff, err, sizeof err);
+        snprintf(name, sizeof name, "decode %s [%u x %u]%s finishing with %s", ds4_dtype_name(w.type), n_in, n,
+                 P > 1 ? " 6 pairs" : cases[c].groups > 1 ? " in groups" : "", mode_name[mode]);
+        if (ok) compare(name, got, ref, (size_t)P * n, 2e-5, 0, 0);
+        else report(name, INFINITY, 0, 0, 0, err);
+        if (ok) {
+            snprintf(name, sizeof name, "  = separate launches (%s %s): differing", mode_name[mode], ds4_dtype_name(w.type));
+            report(name, (double)diff, 0, 0, 0, diff < 0 ? "not read back" : NULL);
+        }
+        free(x); free(aux); free(ref); free(got);
+        free(mem);
+        free(mem2);
+    }
+}
+
 /* the out_a shape: row groups of one weight against column slices of the
  * attention output, one tensor-core launch (and the exact kernels below
  * the tensor-core threshold) */
@@ -1103,6 +1151,7 @@ int main(void) {
     test_matmul_groups();
     test_moe_swiglu();
     test_matvec_pairs();
+    test_matvec_fin();
     test_hc();
     test_head_hc();
     test_heads();
