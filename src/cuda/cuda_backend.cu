@@ -54,13 +54,20 @@ bool cu_pdl_enabled(void) {
     return g_pdl == 1;
 }
 
+/* DS4_CUDA_CARVEOUT: N (every kernel), dN (kernels first launched in a
+ * decode step; the default is d50), or "off" */
+static bool g_in_decode;
 void cu_carveout(const void *kernel) {
     static int pct = -2;
+    static bool decode_only = true;
     if (pct == -2) {
         const char *e = getenv("DS4_CUDA_CARVEOUT");
-        pct = e && *e && atoi(e) >= 0 && atoi(e) <= 100 ? atoi(e) : -1;
+        if (!e) e = "d50";
+        decode_only = *e == 'd';
+        if (decode_only) e++;
+        pct = *e >= '0' && *e <= '9' && atoi(e) <= 100 ? atoi(e) : -1;
     }
-    if (pct < 0) return;
+    if (pct < 0 || (decode_only && !g_in_decode)) return;
     static std::vector<const void *> seen;
     for (const void *k : seen)
         if (k == kernel) return;
@@ -853,10 +860,12 @@ __global__ void step_tail_kernel(int64_t *pos0, const int32_t *next, int32_t *to
 }
 
 static void decode_body(fwd *F) {
+    g_in_decode = true;
     run_layers(F, 1, NULL);
     output_head(F, 0, 1);
     cu_argmax(F->cm->st, F->cs->logits, 1, F->s->m->hp->n_vocab, F->cs->next, F->cs->amax);
     cu_launch(step_tail_kernel, 1, 1, 0, F->cm->st, F->cs->pos0, F->cs->next, F->cs->tokens);
+    g_in_decode = false;
 }
 
 static bool finish(fwd *F, char *err, size_t errlen) {
@@ -1064,7 +1073,9 @@ extern "C" bool ds4_cuda_profile_decode(ds4_session *s, int32_t token, float *ti
     cudaEventRecord(start, cm->st);
     prof_mark first = {"start", start};
     marks.push_back(first);
+    g_in_decode = true;
     run_layers(&F, 1, ev.data());
+    g_in_decode = false;
     output_head(&F, 0, 1);
     cudaEventRecord(ev[hp->n_layer + 1], cm->st);
     bool ok = finish(&F, err, errlen);
