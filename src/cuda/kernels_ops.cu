@@ -228,33 +228,21 @@ __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const
  * hc_pre_kernel's arithmetic; the norm's scale differs from the sum over
  * the rounded x by double rounding only. */
 #define HCG_COLS 256
+/* column block blk of the Gram path's hc_pre (every thread of a 256-thread
+ * block): the partials' sums, pre, x = sum_c pre_c R_c, its RMSNorm by the
+ * quadratic form, out's floats and quantized forms. Reads through L2: the
+ * fused caller (hc_post_next_pre) reads rows other blocks of its own launch
+ * just wrote. w: the norm weight of this thread's column. */
 template <uint32_t C>
-__global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, const float *part, const double *gram,
-                                                              const float *R, uint32_t E, const float *norm, float eps,
-                                                              float *pre, float *post, float *comb, dact out,
-                                                              uint32_t ncb) {
+static __device__ __forceinline__ void hc_pre_gram_cols(const hc_params &hp, const float *part, const double *gram,
+                                                        const float *R, uint32_t E, const float *norm, float w,
+                                                        float eps, const dact &out, uint32_t blk) {
     constexpr uint32_t M = (2 + C) * C, NG = C * (C + 1) / 2, ROWS = C + 1 + NG;
-    const uint32_t nb = ncb, S = hp.S, e0 = blockIdx.x * HCG_COLS, e = e0 + threadIdx.x;
+    const uint32_t S = hp.S, e0 = blk * HCG_COLS, e = e0 + threadIdx.x;
     const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    const float w = blockIdx.x < nb && norm ? norm[e] : 1.0f; /* a weight: before pdl_wait */
-    pdl_wait();
-    pdl_trigger();
-    if (blockIdx.x == nb) { /* the Sinkhorn split (post, comb) and pre */
-        __shared__ float s_mix[HC_MIX_MAX], s_pre[HC_MAX], s_post[HC_MAX], s_comb[HC_MAX * HC_MAX];
-        hc_mix_finish(part, 1, M, S, C * E, eps, 0, s_mix);
-        if (wid) return;
-        hc_split_warp(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
-        __syncwarp();
-        if (lane < C) {
-            pre[lane] = s_pre[lane];
-            post[lane] = s_post[lane];
-        }
-        if (lane < C * C) comb[lane] = s_comb[lane];
-        return;
-    }
     float v[C];
 #pragma unroll
-    for (uint32_t c = 0; c < C; c++) v[c] = R[(size_t)c * E + e];
+    for (uint32_t c = 0; c < C; c++) v[c] = __ldcg(R + (size_t)c * E + e);
     /* the partials' sums: mix rows 0..C-1 (hc_mix_finish's order), the sum
      * of squares of R, the Gram entries */
     __shared__ double s_d[ROWS];
@@ -263,7 +251,8 @@ __global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, con
     for (uint32_t r = wid; r < ROWS; r += HCG_COLS / 32) {
         double d = 0;
         for (uint32_t sp = lane; sp < S; sp += 32)
-            d += r < C ? (double)part[(size_t)r * S + sp] : r == C ? ssp[sp] : gram[(size_t)(r - C - 1) * S + sp];
+            d += r < C ? (double)__ldcg(part + (size_t)r * S + sp)
+                       : r == C ? __ldcg(ssp + sp) : __ldcg(gram + (size_t)(r - C - 1) * S + sp);
         d = warp_sum_d(d);
         if (lane == 0) s_d[r] = d;
     }
@@ -290,6 +279,67 @@ __global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, con
     __syncthreads();
     const qrow q = qrow_of(out, 0, e0);
     srow_quantize_warps(s_x, HCG_COLS, q.q8, q.d8, q.qk, q.dk, q.bk, wid, HCG_COLS / 32);
+}
+
+template <uint32_t C>
+__global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, const float *part, const double *gram,
+                                                              const float *R, uint32_t E, const float *norm, float eps,
+                                                              float *pre, float *post, float *comb, dact out,
+                                                              uint32_t ncb) {
+    constexpr uint32_t M = (2 + C) * C;
+    const uint32_t nb = ncb, S = hp.S, e = blockIdx.x * HCG_COLS + threadIdx.x;
+    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const float w = blockIdx.x < nb && norm ? norm[e] : 1.0f; /* a weight: before pdl_wait */
+    pdl_wait();
+    pdl_trigger();
+    if (blockIdx.x == nb) { /* the Sinkhorn split (post, comb) and pre */
+        __shared__ float s_mix[HC_MIX_MAX], s_pre[HC_MAX], s_post[HC_MAX], s_comb[HC_MAX * HC_MAX];
+        hc_mix_finish(part, 1, M, S, C * E, eps, 0, s_mix);
+        if (wid) return;
+        hc_split_warp(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
+        __syncwarp();
+        if (lane < C) {
+            pre[lane] = s_pre[lane];
+            post[lane] = s_post[lane];
+        }
+        if (lane < C * C) comb[lane] = s_comb[lane];
+        return;
+    }
+    hc_pre_gram_cols<C>(hp, part, gram, R, E, norm, w, eps, out, blockIdx.x);
+}
+
+/* The decode hc_post's blocks, once each has written its partials, meet at
+ * a sense-reversing barrier (bar[0] counts arrivals, the last one resets it
+ * and flips bar[1]); the first E / 256 blocks then run the next
+ * hyper-connection's pre columns (hc_pre_gram_cols), so cu_hc_pre's launch
+ * leaves the chain (DS4_CUDA_HC_FUSE=1; it measured 4% slower on H100 than
+ * the launch: the fences and the barrier's atomics cost more than a
+ * programmatic dependent launch's wait). All blocks are resident (64 for E = 4096): the next
+ * launch is scheduled only after every block passed pdl_trigger, and the
+ * kernel before this one does not wait for it. */
+static __device__ __noinline__ void hc_post_next_pre(const hc_next &nx, const float *part, const double *gram,
+                                                     const float *R, uint32_t E) {
+    const uint32_t ncb = E / HCG_COLS;
+    __shared__ bool s_go;
+    const float w = blockIdx.x < ncb && nx.norm ? nx.norm[blockIdx.x * HCG_COLS + threadIdx.x] : 1.0f;
+    __threadfence(); /* this thread's partials and R columns before the arrival */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned *cnt = nx.bar, *sense = nx.bar + 1;
+        const unsigned my = atomicAdd(sense, 0u); /* read before arriving: the flip comes after every arrival */
+        if (atomicAdd(cnt, 1u) == gridDim.x - 1) {
+            atomicExch(cnt, 0u);
+            __threadfence();
+            atomicExch(sense, my ^ 1u);
+        } else if (blockIdx.x < ncb) {
+            while (atomicAdd(sense, 0u) == my) __nanosleep(64);
+        }
+        __threadfence();
+        s_go = blockIdx.x < ncb;
+    }
+    __syncthreads();
+    if (!s_go) return;
+    hc_pre_gram_cols<4>(nx.hp, part, gram, R, E, nx.norm, w, nx.eps, nx.out, blockIdx.x);
 }
 
 size_t cu_hc_gram_doubles(uint32_t C, uint32_t E) { return (size_t)C * (C + 1) / 2 * cu_hc_post_splits(E); }
@@ -469,7 +519,7 @@ template <uint32_t CT, int FT, uint32_t WPT>
 __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const float *y, const float *post,
                                                                 const float *comb, uint32_t E, dweight fn, float *part,
                                                                 const float *ye, const int32_t *ids, uint32_t K,
-                                                                uint32_t T, double *gram) {
+                                                                uint32_t T, double *gram, hc_next nx) {
     constexpr uint32_t ES = FT == 0 ? 4 : 2;
     constexpr uint32_t TPB = WPT == 1 ? HCPT_TOKENS : 1; /* tokens a block */
     extern __shared__ __align__(16) unsigned char s_fn[];
@@ -585,27 +635,31 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
             ssp[(size_t)t * S + blockIdx.x] = ss;
         }
     }
+    if (WPT > 1 && CT == 4 && nx.on) hc_post_next_pre(nx, part, gram, R, E);
 }
 
 template <uint32_t CT, int FT, uint32_t WPT>
 static void hc_post_tok_launch(dim3 grid, size_t smem, cudaStream_t st, float *R, const float *y, const float *post,
                                const float *comb, uint32_t E, const dweight &fn, float *part, const float *ye,
-                               const int32_t *ids, uint32_t K, uint32_t T, double *gram) {
+                               const int32_t *ids, uint32_t K, uint32_t T, double *gram, const hc_next &nx) {
     static bool attr = false;
     if (!attr) {
         cudaFuncSetAttribute(hc_post_tok_kernel<CT, FT, WPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, HCP_FN_SMEM);
         attr = true;
     }
     cu_launch(hc_post_tok_kernel<CT, FT, WPT>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T,
-              gram);
+              gram, nx);
 }
 
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
                     uint32_t C, uint32_t E, const dweight *next_fn, float *part, const float *ye, const int32_t *ids,
-                    uint32_t K, double *gram, bool *gram_formed) {
+                    uint32_t K, double *gram, bool *gram_formed, const hc_next *next_pre, bool *pre_done) {
     dweight none;
     memset(&none, 0, sizeof none);
     if (gram_formed) *gram_formed = false;
+    if (pre_done) *pre_done = false;
+    hc_next nx;
+    memset(&nx, 0, sizeof nx);
     const bool mix = next_fn && next_fn->q && next_fn->n_out <= HC_MIX_MAX && part;
     const uint32_t TB = T >= 64 ? 8 : 1; /* tokens a block */
     dim3 grid(cu_hc_post_splits(E), (T + TB - 1) / TB);
@@ -641,15 +695,22 @@ uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post
         const int ft = !mix || es == 4 ? 0 : next_fn->type == DS4_TYPE_BF16 ? 2 : 1;
         if (T > 1) {
             const dim3 g2(grid.x, (T + HCPT_TOKENS - 1) / HCPT_TOKENS);
-            if (ft == 0) hc_post_tok_launch<4, 0, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
-            else if (ft == 2) hc_post_tok_launch<4, 2, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
-            else hc_post_tok_launch<4, 1, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
+            if (ft == 0) hc_post_tok_launch<4, 0, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL, nx);
+            else if (ft == 2)
+                hc_post_tok_launch<4, 2, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL, nx);
+            else hc_post_tok_launch<4, 1, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL, nx);
         } else {
             const dim3 g1(grid.x, T);
             double *gr = mix ? gram : NULL;
-            if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
-            else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
-            else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
+            /* the next hc_pre in this launch (its Gram path with the split elsewhere) */
+            if (gr && next_pre && next_pre->on && T == 1 && E % HCG_COLS == 0 && next_pre->bar) {
+                nx = *next_pre;
+                nx.hp.S = grid.x;
+                if (pre_done) *pre_done = true;
+            }
+            if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
+            else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
+            else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
             if (gram_formed) *gram_formed = gr != NULL;
         }
         return mix ? grid.x : 0;
