@@ -230,10 +230,11 @@ __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const
 #define HCG_COLS 256
 /* column block blk of the Gram path's hc_pre (every thread of a 256-thread
  * block): the partials' sums, pre, x = sum_c pre_c R_c, its RMSNorm by the
- * quadratic form, out's floats and quantized forms. Reads through L2: the
- * fused caller (hc_post_next_pre) reads rows other blocks of its own launch
- * just wrote. w: the norm weight of this thread's column. */
-template <uint32_t C>
+ * quadratic form, out's floats and quantized forms. L2: read through L2
+ * (the fused caller, hc_post_next_pre, reads rows other blocks of its own
+ * launch just wrote; plain loads measured faster for the launch of its
+ * own). w: the norm weight of this thread's column. */
+template <uint32_t C, bool L2>
 static __device__ __forceinline__ void hc_pre_gram_cols(const hc_params &hp, const float *part, const double *gram,
                                                         const float *R, uint32_t E, const float *norm, float w,
                                                         float eps, const dact &out, uint32_t blk) {
@@ -242,7 +243,7 @@ static __device__ __forceinline__ void hc_pre_gram_cols(const hc_params &hp, con
     const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     float v[C];
 #pragma unroll
-    for (uint32_t c = 0; c < C; c++) v[c] = __ldcg(R + (size_t)c * E + e);
+    for (uint32_t c = 0; c < C; c++) v[c] = L2 ? __ldcg(R + (size_t)c * E + e) : R[(size_t)c * E + e];
     /* the partials' sums: mix rows 0..C-1 (hc_mix_finish's order), the sum
      * of squares of R, the Gram entries */
     __shared__ double s_d[ROWS];
@@ -251,8 +252,9 @@ static __device__ __forceinline__ void hc_pre_gram_cols(const hc_params &hp, con
     for (uint32_t r = wid; r < ROWS; r += HCG_COLS / 32) {
         double d = 0;
         for (uint32_t sp = lane; sp < S; sp += 32)
-            d += r < C ? (double)__ldcg(part + (size_t)r * S + sp)
-                       : r == C ? __ldcg(ssp + sp) : __ldcg(gram + (size_t)(r - C - 1) * S + sp);
+            d += r < C    ? (double)(L2 ? __ldcg(part + (size_t)r * S + sp) : part[(size_t)r * S + sp])
+                 : r == C ? (L2 ? __ldcg(ssp + sp) : ssp[sp])
+                          : (L2 ? __ldcg(gram + (size_t)(r - C - 1) * S + sp) : gram[(size_t)(r - C - 1) * S + sp]);
         d = warp_sum_d(d);
         if (lane == 0) s_d[r] = d;
     }
@@ -305,14 +307,14 @@ __global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, con
         if (lane < C * C) comb[lane] = s_comb[lane];
         return;
     }
-    hc_pre_gram_cols<C>(hp, part, gram, R, E, norm, w, eps, out, blockIdx.x);
+    hc_pre_gram_cols<C, false>(hp, part, gram, R, E, norm, w, eps, out, blockIdx.x);
 }
 
 /* The decode hc_post's blocks, once each has written its partials, meet at
  * a sense-reversing barrier (bar[0] counts arrivals, the last one resets it
  * and flips bar[1]); the first E / 256 blocks then run the next
  * hyper-connection's pre columns (hc_pre_gram_cols), so cu_hc_pre's launch
- * leaves the chain (DS4_CUDA_HC_FUSE=1; it measured 4% slower on H100 than
+ * leaves the chain (DS4_CUDA_HC_FUSE=1; it measured 5.5% slower on H100 than
  * the launch: the fences and the barrier's atomics cost more than a
  * programmatic dependent launch's wait). All blocks are resident (64 for E = 4096): the next
  * launch is scheduled only after every block passed pdl_trigger, and the
@@ -339,7 +341,7 @@ static __device__ __noinline__ void hc_post_next_pre(const hc_next &nx, const fl
     }
     __syncthreads();
     if (!s_go) return;
-    hc_pre_gram_cols<4>(nx.hp, part, gram, R, E, nx.norm, w, nx.eps, nx.out, blockIdx.x);
+    hc_pre_gram_cols<4, true>(nx.hp, part, gram, R, E, nx.norm, w, nx.eps, nx.out, blockIdx.x);
 }
 
 size_t cu_hc_gram_doubles(uint32_t C, uint32_t E) { return (size_t)C * (C + 1) / 2 * cu_hc_post_splits(E); }
@@ -515,7 +517,7 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
  * Same per-lane sums as hc_post_kernel (b outer, the lane's columns inner)
  * and the same warp tree, so the mix partials are bit-identical. */
 #define HCPT_TOKENS 16
-template <uint32_t CT, int FT, uint32_t WPT>
+template <uint32_t CT, int FT, uint32_t WPT, bool NX = false>
 __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const float *y, const float *post,
                                                                 const float *comb, uint32_t E, dweight fn, float *part,
                                                                 const float *ye, const int32_t *ids, uint32_t K,
@@ -635,19 +637,20 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
             ssp[(size_t)t * S + blockIdx.x] = ss;
         }
     }
-    if (WPT > 1 && CT == 4 && nx.on) hc_post_next_pre(nx, part, gram, R, E);
+    if constexpr (NX && WPT > 1 && CT == 4) hc_post_next_pre(nx, part, gram, R, E);
 }
 
-template <uint32_t CT, int FT, uint32_t WPT>
+template <uint32_t CT, int FT, uint32_t WPT, bool NX = false>
 static void hc_post_tok_launch(dim3 grid, size_t smem, cudaStream_t st, float *R, const float *y, const float *post,
                                const float *comb, uint32_t E, const dweight &fn, float *part, const float *ye,
                                const int32_t *ids, uint32_t K, uint32_t T, double *gram, const hc_next &nx) {
     static bool attr = false;
     if (!attr) {
-        cudaFuncSetAttribute(hc_post_tok_kernel<CT, FT, WPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, HCP_FN_SMEM);
+        cudaFuncSetAttribute(hc_post_tok_kernel<CT, FT, WPT, NX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             HCP_FN_SMEM);
         attr = true;
     }
-    cu_launch(hc_post_tok_kernel<CT, FT, WPT>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T,
+    cu_launch(hc_post_tok_kernel<CT, FT, WPT, NX>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T,
               gram, nx);
 }
 
@@ -708,7 +711,12 @@ uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post
                 nx.hp.S = grid.x;
                 if (pre_done) *pre_done = true;
             }
-            if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
+            if (nx.on) { /* (its own instantiation: the others' code stays as it was) */
+                if (ft == 0) hc_post_tok_launch<4, 0, 8, true>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
+                else if (ft == 2)
+                    hc_post_tok_launch<4, 2, 8, true>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
+                else hc_post_tok_launch<4, 1, 8, true>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
+            } else if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
             else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
             else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
             if (gram_formed) *gram_formed = gr != NULL;
