@@ -290,7 +290,7 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->split_side = switch_on("DS4_CUDA_HC_SPLIT_SIDE");
     cm->indexer_side = switch_on("DS4_CUDA_INDEXER_SIDE");
     cm->indexer_hcs = switch_on("DS4_CUDA_INDEXER_HCS");
-    const char *hf = getenv("DS4_CUDA_HC_FUSE"); /* off by default: -5.5% on H100 (docs/CUDA.md) */
+    const char *hf = getenv("DS4_CUDA_HC_FUSE"); /* off by default: -4.9% on H100 (docs/CUDA.md) */
     cm->hc_fuse = hf && *hf == '1';
     const char *dp = getenv("DS4_CUDA_DOWN_PREFETCH");
     cm->down_prefetch = dp && !strcmp(dp, "1");

@@ -125,7 +125,7 @@ static dact attn_input_forms(const fwd *F, uint32_t il, uint32_t T) {
 /* decode: the hc_pre that follows this hc_post (the FFN half of layer il,
  * or the attention half of layer il + 1), for cu_hc_post to run in its
  * launch (DS4_CUDA_HC_FUSE=1; by default a launch of its own: the blocks'
- * barrier cost more than the launch, -5.5% on H100); off where hc_pre_step
+ * barrier cost more than the launch, -4.9% on H100); off where hc_pre_step
  * would not take the Gram path with the split apart */
 static hc_next next_pre(const fwd *F, uint32_t il, bool ffn_next, uint32_t T) {
     const ds4_hparams *hp = F->s->m->hp;

@@ -311,32 +311,41 @@ __global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, con
 }
 
 /* The decode hc_post's blocks, once each has written its partials, meet at
- * a sense-reversing barrier (bar[0] counts arrivals, the last one resets it
- * and flips bar[1]); the first E / 256 blocks then run the next
- * hyper-connection's pre columns (hc_pre_gram_cols), so cu_hc_pre's launch
- * leaves the chain (DS4_CUDA_HC_FUSE=1; it measured 5.5% slower on H100 than
- * the launch: the fences and the barrier's atomics cost more than a
- * programmatic dependent launch's wait). All blocks are resident (64 for E = 4096): the next
- * launch is scheduled only after every block passed pdl_trigger, and the
- * kernel before this one does not wait for it. */
+ * a sense-reversing barrier (bar[0] counts arrivals by an acq_rel atomic,
+ * the last one resets it and flips bar[1] by a release store, which the
+ * waiting blocks poll with acquire loads; the block barrier before thread
+ * 0's release carries the block's writes, the release being cumulative);
+ * the first E / 256 blocks then run the next hyper-connection's pre columns
+ * (hc_pre_gram_cols), so cu_hc_pre's launch leaves the chain
+ * (DS4_CUDA_HC_FUSE=1; it measured 4.9% slower on H100 than the launch:
+ * waiting for the slowest of the 64 blocks and then the pre's work at the
+ * grid's end cost more than a programmatic dependent launch's wait). All
+ * blocks are resident (64 for E = 4096): the next launch is scheduled only
+ * after every block passed pdl_trigger, and the kernel before this one does
+ * not wait for it. */
+static __device__ __forceinline__ unsigned ld_acquire(const unsigned *p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
 static __device__ __noinline__ void hc_post_next_pre(const hc_next &nx, const float *part, const double *gram,
                                                      const float *R, uint32_t E) {
     const uint32_t ncb = E / HCG_COLS;
     __shared__ bool s_go;
     const float w = blockIdx.x < ncb && nx.norm ? nx.norm[blockIdx.x * HCG_COLS + threadIdx.x] : 1.0f;
-    __threadfence(); /* this thread's partials and R columns before the arrival */
-    __syncthreads();
+    __syncthreads(); /* the block's partials and R columns, then thread 0's release (cumulative) */
     if (threadIdx.x == 0) {
         unsigned *cnt = nx.bar, *sense = nx.bar + 1;
-        const unsigned my = atomicAdd(sense, 0u); /* read before arriving: the flip comes after every arrival */
-        if (atomicAdd(cnt, 1u) == gridDim.x - 1) {
-            atomicExch(cnt, 0u);
-            __threadfence();
-            atomicExch(sense, my ^ 1u);
+        const unsigned my = ld_acquire(sense); /* read before arriving: the flip comes after every arrival */
+        unsigned old;
+        asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;" : "=r"(old) : "l"(cnt) : "memory");
+        if (old == gridDim.x - 1) {
+            asm volatile("st.relaxed.gpu.global.u32 [%0], 0;" ::"l"(cnt) : "memory");
+            asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(sense), "r"(my ^ 1u) : "memory");
         } else if (blockIdx.x < ncb) {
-            while (atomicAdd(sense, 0u) == my) __nanosleep(64);
+            while (ld_acquire(sense) == my) {
+            }
         }
-        __threadfence();
         s_go = blockIdx.x < ncb;
     }
     __syncthreads();
