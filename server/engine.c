@@ -452,6 +452,42 @@ static bool in_dsml_syntax(const char *t, size_t n) {
     return memfind(gt, n - (size_t)(gt - t), M_PARAM_CLOSE, sizeof M_PARAM_CLOSE - 1) != NULL;
 }
 
+/* tool_choice required / named (srv_request.tool_force): the answer starts
+ * with a call. Its opening, up to the invoke's name (with the name when one
+ * is named), is forced token by token once the reasoning is over; for
+ * "required" the name is then taken greedily among the tokens that keep it
+ * a prefix of some tool's `NAME">` + newline, until one is complete. The
+ * parameters are the model's (DSML syntax greedy, as always). */
+typedef struct {
+    int phase;        /* 0 before the answer, 1 forcing the opening, 2 choosing the name, 3 done */
+    ds4_tokens ids;
+    size_t at;
+    size_t name_from; /* raw offset where the name starts (phase 2) */
+} tool_force;
+
+/* Whether the name region so far (have, nh bytes) followed by a token's
+ * bytes is still a prefix of some tool's NAME">\n; *done: it then holds a
+ * whole NAME"> */
+static bool tool_name_ok(const srv_request *rq, const char *have, size_t nh, const char *tb, size_t tl, bool *done) {
+    *done = false;
+    bool ok = false;
+    for (int k = 0; k < rq->n_tool_names; k++) {
+        const char *nm = rq->tool_names[k];
+        const size_t nn = strlen(nm), full = nn + 3; /* NAME">\n */
+        if (nh + tl > full) continue;
+        if (nh > nn ? memcmp(have, nm, nn) || memcmp(have + nn, "\">\n", nh - nn) : memcmp(have, nm, nh)) continue;
+        bool match = true; /* the token's bytes against the rest of NAME">\n */
+        for (size_t i = 0; i < tl && match; i++) {
+            const size_t pos = nh + i;
+            match = tb[i] == (pos < nn ? nm[pos] : "\">\n"[pos - nn]);
+        }
+        if (!match) continue;
+        ok = true;
+        if (nh + tl >= nn + 2) *done = true;
+    }
+    return ok;
+}
+
 static void generate(srv_engine *e, srv_job *j) {
     srv_request *rq = j->req;
     /* a continued assistant turn is past its reasoning: output is content */
@@ -472,6 +508,7 @@ static void generate(srv_engine *e, srv_job *j) {
     ds4_tokens force = {0};
     if (rq->force) ds4_tokenize(e->tok, rq->force, strlen(rq->force), true, &force);
     size_t fi = 0;
+    tool_force tf = {.phase = tools && rq->tool_force ? 0 : 3};
     size_t maxstop = 0;
     for (int i = 0; i < rq->n_stop; i++)
         if (strlen(rq->stop[i]) > maxstop) maxstop = strlen(rq->stop[i]);
@@ -493,6 +530,46 @@ static void generate(srv_engine *e, srv_job *j) {
             break;
         }
         const float *logits = ds4_session_logits(e->s);
+        bool tool_forced = false;
+        if (tf.phase == 0 && fi >= force.n && think_end != (size_t)-1) { /* the answer begins: open the call */
+            sbuf open = {0};
+            sb_printf(&open, "\n\n%s\n<" DSML "invoke name=\"", M_BLOCK_OPEN);
+            ds4_span name = {open.n, open.n}; /* the client's name: plain text, as the prompt renders it */
+            if (rq->tool_force == 2) {
+                sb_puts(&open, rq->tool_force_name);
+                name.end = open.n;
+                sb_puts(&open, "\">\n");
+            }
+            ds4_tokenize_spans(e->tok, open.p, open.n, &name, name.end > name.start, &tf.ids);
+            sb_free(&open);
+            tf.phase = 1;
+        }
+        if (tf.phase == 1 && tf.at == tf.ids.n) {
+            tf.phase = rq->tool_force == 2 ? 3 : 2;
+            tf.name_from = raw.n;
+        }
+        if (tf.phase == 1) {
+            for (uint32_t v = 0; v < e->vocab; v++) e->masked[v] = -INFINITY;
+            const int32_t f = tf.ids.ids[tf.at++];
+            if (f >= 0 && (uint32_t)f < e->vocab) e->masked[f] = 0;
+            logits = e->masked;
+            tool_forced = true;
+        } else if (tf.phase == 2) {
+            bool any = false, done;
+            for (uint32_t v = 0; v < e->vocab; v++) {
+                size_t tl;
+                const char *tb = ds4_token_bytes(e->tok, (int32_t)v, &tl);
+                const bool ok = tl > 0 && tool_name_ok(rq, raw.p + tf.name_from, raw.n - tf.name_from, tb, tl, &done);
+                e->masked[v] = ok ? logits[v] : -INFINITY;
+                any = any || ok;
+            }
+            if (any) {
+                logits = e->masked;
+                tool_forced = true;
+            } else {
+                tf.phase = 3; /* (cannot happen with byte tokens: leave the name to the model) */
+            }
+        }
         if (fi < force.n) {
             for (uint32_t v = 0; v < e->vocab; v++) e->masked[v] = -INFINITY;
             int32_t f = force.ids[fi++];
@@ -503,7 +580,7 @@ static void generate(srv_engine *e, srv_job *j) {
          * reasoning that was never closed */
         size_t dsml_from = think_end != (size_t)-1 ? think_end : 0;
         bool syntax = tools && in_dsml_syntax(raw.p + dsml_from, raw.n - dsml_from);
-        int32_t t = ds4_sampler_sample(syntax ? greedy : sampler, logits, e->vocab);
+        int32_t t = ds4_sampler_sample(syntax || tool_forced ? greedy : sampler, logits, e->vocab);
         n_gen++;
         if (n_gen == 1) j->t_first = now_s();
         if (t == e->eos) {
@@ -514,6 +591,10 @@ static void generate(srv_engine *e, srv_job *j) {
         size_t tl;
         const char *tb = ds4_token_bytes(e->tok, t, &tl);
         sb_put(&raw, tb, tl);
+        if (tf.phase == 2) {
+            bool done = false;
+            if (!tool_name_ok(rq, raw.p + tf.name_from, raw.n - tf.name_from - tl, tb, tl, &done) || done) tf.phase = 3;
+        }
         if (think_end == (size_t)-1 && raw.n >= 8 && !memcmp(raw.p + raw.n - 8, M_THINK_END, 8)) think_end = raw.n;
         /* stop strings, on the answer */
         size_t safe = raw.n;
@@ -575,6 +656,7 @@ static void generate(srv_engine *e, srv_job *j) {
     sb_free(&g.prefix);
     sb_free(&raw);
     ds4_tokens_free(&force);
+    ds4_tokens_free(&tf.ids);
     ds4_sampler_free(sampler);
     ds4_sampler_free(greedy);
     ds4_dsml_parser_free(parser);

@@ -218,7 +218,7 @@ static bool tool_choice_none(const cJSON *root) {
  * kinds (hosted search, computer use, ...) are skipped. kind: 0 OpenAI chat
  * ({"type":"function","function":{...}}), 1 Responses (flat), 2 Anthropic
  * ({name, description, input_schema}). */
-static bool parse_tools(pctx *c, const cJSON *root, int kind) {
+static bool parse_tool_list(pctx *c, const cJSON *root, int kind) {
     const cJSON *tools = jget(root, "tools");
     if (!tools || cJSON_IsNull(tools)) return true;
     if (!cJSON_IsArray(tools)) return fail(c, 400, "'tools' must be an array%s", NULL);
@@ -252,9 +252,57 @@ static bool parse_tools(pctx *c, const cJSON *root, int kind) {
         if (params) cJSON_AddItemToObject(f, "parameters", cJSON_Duplicate(params, true));
         cJSON_AddItemToArray(out, f);
     }
-    if (cJSON_GetArraySize(out) > 0) c->r->tools_json = jprint(&c->r->ar, out);
+    const int n = cJSON_GetArraySize(out);
+    if (n > 0) {
+        c->r->tools_json = jprint(&c->r->ar, out);
+        c->r->tool_names = ar_alloc(&c->r->ar, (size_t)n * sizeof *c->r->tool_names);
+        const cJSON *f;
+        cJSON_ArrayForEach(f, out) c->r->tool_names[c->r->n_tool_names++] = ar_strdup(&c->r->ar, jstr(f, "name"));
+    }
     cJSON_Delete(out);
     return true;
+}
+
+/* tool_choice beyond "none" (parse_tool_list drops the tools for that):
+ * "auto" (the default); "required" (OpenAI) or {"type": "any"} (Anthropic):
+ * some tool must be called; a named tool ({"type": "function", "function":
+ * {"name"}} in chat, {"type": "function", "name"} in Responses, {"type":
+ * "tool", "name"} in messages): that one. engine.c makes the answer start
+ * with the call. */
+static bool parse_tool_choice(pctx *c, const cJSON *root) {
+    const cJSON *tc = jget(root, "tool_choice");
+    if (!tc || cJSON_IsNull(tc) || tool_choice_none(root)) return true;
+    const char *mode = NULL, *name = NULL;
+    if (cJSON_IsString(tc)) {
+        mode = tc->valuestring;
+    } else if (cJSON_IsObject(tc)) {
+        mode = jstr(tc, "type");
+        if (!mode) return fail(c, 400, "'tool_choice' has no 'type'%s", NULL);
+        if (!strcmp(mode, "function") || !strcmp(mode, "tool")) {
+            const cJSON *fn = jget(tc, "function");
+            name = cJSON_IsObject(fn) ? jstr(fn, "name") : jstr(tc, "name");
+            if (!name || !name[0]) return fail(c, 400, "'tool_choice' of type '%s' needs the tool's 'name'", mode);
+        }
+    } else {
+        return fail(c, 400, "'tool_choice' must be a string or an object%s", NULL);
+    }
+    if (!name && !strcmp(mode, "auto")) return true;
+    if (!name && strcmp(mode, "required") && strcmp(mode, "any"))
+        return fail(c, 400, "'tool_choice' '%s' is not one of auto, none, required, any or a named tool", mode);
+    if (!c->r->n_tool_names)
+        return fail(c, 400, "'tool_choice' asks for a tool call but the request has no function tools%s", NULL);
+    if (name) {
+        int k = 0;
+        while (k < c->r->n_tool_names && strcmp(c->r->tool_names[k], name)) k++;
+        if (k == c->r->n_tool_names) return fail(c, 400, "'tool_choice' names '%s', which is not among the tools", name);
+        c->r->tool_force_name = c->r->tool_names[k];
+    }
+    c->r->tool_force = name ? 2 : 1;
+    return true;
+}
+
+static bool parse_tools(pctx *c, const cJSON *root, int kind) {
+    return parse_tool_list(c, root, kind) && parse_tool_choice(c, root);
 }
 
 /* response_format (chat) / text.format (responses): a JSON schema that the

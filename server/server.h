@@ -69,6 +69,10 @@ typedef struct {
     ds4_chat_message *msgs;  /* strings and tool calls in ar */
     size_t n_msgs, cap_msgs;
     const char *tools_json;  /* JSON array of function schemas, NULL: no tools */
+    const char **tool_names; /* their names */
+    int n_tool_names;
+    int tool_force;          /* tool_choice: 0 auto, 1 some tool must be called (required / any), 2 the named one */
+    const char *tool_force_name;
     const char *response_format_json; /* JSON schema the answer must follow, NULL: free text */
     ds4_think_mode think;
     uint32_t max_tokens;     /* 0: server cap */

@@ -218,6 +218,66 @@ def test_tool_call_inside_unclosed_reasoning(t):
     assert "JUNK" not in (c.message.content or "") + (c.message.reasoning_content or "")
 
 
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+ANTH_TIME = {"name": "get_time", "description": "The local time in a city",
+             "input_schema": TIME_TOOL["function"]["parameters"]}
+
+
+def forced_call_name(content, parsed):
+    """The tool an answer calls: the parsed call's, or (a random model's arguments
+    seldom parse, and the text then comes back as content) the name in the invoke
+    header the answer must open with."""
+    if parsed:
+        return parsed
+    text = (content or "").lstrip()
+    head = f"<{DSML}tool_calls>\n<{DSML}invoke name=\""
+    assert text.startswith(head), repr(text[:120])
+    return text[len(head):].split('"', 1)[0]
+
+
+def test_tool_choice_forces_a_call(t):
+    """tool_choice required / any / named: the answer opens a call to a listed tool
+    (the named one), in every API, with and without reasoning before it."""
+    msgs = [{"role": "user", "content": "What time is it in Oslo?"}]
+    names = ("get_weather", "get_time")
+    for choice, want, force in (("required", None, None),
+                                ({"type": "function", "function": {"name": "get_time"}}, "get_time", None),
+                                ({"type": "function", "function": {"name": "get_weather"}}, "get_weather", None),
+                                ("required", None, "The user wants the time.</think>")):
+        r = t.oa.chat.completions.create(model="x" if force else "deepseek-chat", max_tokens=40, messages=msgs,
+                                         tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=choice,
+                                         extra_body={"ds4_force": force} if force else None)
+        m = r.choices[0].message
+        if force:
+            assert m.reasoning_content == "The user wants the time.", m
+        name = forced_call_name(m.content, m.tool_calls[0].function.name if m.tool_calls else None)
+        assert name in names and (want is None or name == want), (choice, name)
+    for choice, want in (({"type": "any"}, None), ({"type": "tool", "name": "get_time"}, "get_time")):
+        m = t.an.messages.create(model="c", max_tokens=40, thinking={"type": "disabled"}, messages=msgs,
+                                 tools=[ANTH_TOOL, ANTH_TIME], tool_choice=choice)
+        uses = [b.name for b in m.content if b.type == "tool_use"]
+        name = forced_call_name("".join(b.text for b in m.content if b.type == "text"), uses[0] if uses else None)
+        assert name in names and (want is None or name == want), (choice, name)
+    r = t.oa.responses.create(model="x", input="What time is it in Oslo?", tools=[RESP_TOOL], max_output_tokens=40,
+                              tool_choice={"type": "function", "name": "get_weather"},
+                              extra_body={"ds4_force": "A tool call.</think>"})
+    calls = [o.name for o in r.output if o.type == "function_call"]
+    text = "".join(c.text for o in r.output if o.type == "message" for c in o.content if c.type == "output_text")
+    assert forced_call_name(text, calls[0] if calls else None) == "get_weather", r.output
+    # a choice the request cannot honour is an error naming it
+    body = {"messages": msgs, "tools": [WEATHER_TOOL]}
+    expect_error(t, "/v1/chat/completions", dict(body, tool_choice={"type": "function", "function": {"name": "nope"}}),
+                 400, frag="not among the tools")
+    expect_error(t, "/v1/chat/completions", {"messages": msgs, "tool_choice": "required"}, 400, frag="no function tools")
+    expect_error(t, "/v1/chat/completions", dict(body, tool_choice="sometimes"), 400, frag="sometimes")
+    expect_error(t, "/v1/chat/completions", dict(body, tool_choice={"type": "function"}), 400, frag="name")
+    expect_error(t, "/v1/messages", {"max_tokens": 5, "messages": msgs, "tools": [ANTH_TOOL],
+                                     "tool_choice": {"type": "tool", "name": "get_time"}}, 400, api="anthropic",
+                 frag="not among the tools")
+
+
 def test_completions(t):
     r = t.oa.completions.create(model="x", prompt="Once upon a time", max_tokens=30,
                                 extra_body={"ds4_force": "Hmm.</think>there was a tiny model." + EOS})
@@ -565,7 +625,7 @@ def test_no_cors_by_default(t):
 
 
 MAIN = [test_models_health, test_no_cors_by_default, test_chat_basic, test_chat_forced_text_nothink, test_chat_thinking_split, test_chat_stream,
-        test_chat_stop_string, test_chat_tool_round_trip, test_chat_tool_stream, test_tool_arguments_stream_by_parameter, test_tool_call_inside_unclosed_reasoning, test_completions,
+        test_chat_stop_string, test_chat_tool_round_trip, test_chat_tool_stream, test_tool_arguments_stream_by_parameter, test_tool_call_inside_unclosed_reasoning, test_tool_choice_forces_a_call, test_completions,
         test_responses_basic, test_responses_incomplete, test_responses_stream_and_tools,
         test_responses_previous_id_rejected, test_messages_basic, test_messages_thinking_disabled,
         test_messages_max_tokens_and_stop, test_messages_stream_tool_round_trip, test_messages_prefill_continues, test_messages_count_tokens,
