@@ -466,13 +466,13 @@ typedef struct {
 } tool_force;
 
 /* Whether the name region so far (have, nh bytes) followed by a token's
- * bytes is still a prefix of some tool's NAME">\n; *done: it then holds a
- * whole NAME"> */
+ * bytes is still a prefix of some allowed tool's NAME">\n (force_names);
+ * *done: it then holds a whole NAME"> */
 static bool tool_name_ok(const srv_request *rq, const char *have, size_t nh, const char *tb, size_t tl, bool *done) {
     *done = false;
     bool ok = false;
-    for (int k = 0; k < rq->n_tool_names; k++) {
-        const char *nm = rq->tool_names[k];
+    for (int k = 0; k < rq->n_force_names; k++) {
+        const char *nm = rq->force_names[k];
         const size_t nn = strlen(nm), full = nn + 3; /* NAME">\n */
         if (nh + tl > full) continue;
         if (nh > nn ? memcmp(have, nm, nn) || memcmp(have + nn, "\">\n", nh - nn) : memcmp(have, nm, nh)) continue;

@@ -265,14 +265,23 @@ static bool parse_tool_list(pctx *c, const cJSON *root, int kind) {
 
 /* tool_choice beyond "none" (parse_tool_list drops the tools for that):
  * "auto" (the default); "required" (OpenAI) or {"type": "any"} (Anthropic):
- * some tool must be called; a named tool ({"type": "function", "function":
- * {"name"}} in chat, {"type": "function", "name"} in Responses, {"type":
- * "tool", "name"} in messages): that one. engine.c makes the answer start
- * with the call. */
+ * some tool must be called; {"type": "allowed_tools"} with mode "required"
+ * (chat nests {mode, tools} under "allowed_tools", Responses has them flat):
+ * one of those; a named tool ({"type": "function", "function": {"name"}} in
+ * chat, {"type": "function", "name"} in Responses, {"type": "tool", "name"}
+ * in messages): that one. engine.c makes the answer start with the call. */
+/* the index of a function name among the request's tools, or -1 */
+static int tool_index(const srv_request *r, const char *name) {
+    for (int k = 0; k < r->n_tool_names; k++)
+        if (!strcmp(r->tool_names[k], name)) return k;
+    return -1;
+}
+
 static bool parse_tool_choice(pctx *c, const cJSON *root) {
     const cJSON *tc = jget(root, "tool_choice");
     if (!tc || cJSON_IsNull(tc) || tool_choice_none(root)) return true;
     const char *mode = NULL, *name = NULL;
+    const cJSON *allowed = NULL; /* allowed_tools: the tools a required call may name */
     if (cJSON_IsString(tc)) {
         mode = tc->valuestring;
     } else if (cJSON_IsObject(tc)) {
@@ -282,22 +291,50 @@ static bool parse_tool_choice(pctx *c, const cJSON *root) {
             const cJSON *fn = jget(tc, "function");
             name = cJSON_IsObject(fn) ? jstr(fn, "name") : jstr(tc, "name");
             if (!name || !name[0]) return fail(c, 400, "'tool_choice' of type '%s' needs the tool's 'name'", mode);
+        } else if (!strcmp(mode, "allowed_tools")) { /* chat: {allowed_tools: {mode, tools}}; Responses: flat */
+            const cJSON *spec = cJSON_IsObject(jget(tc, "allowed_tools")) ? jget(tc, "allowed_tools") : tc;
+            mode = jstr(spec, "mode");
+            if (!mode || (strcmp(mode, "auto") && strcmp(mode, "required")))
+                return fail(c, 400, "'tool_choice' allowed_tools needs 'mode' auto or required%s", NULL);
+            allowed = jget(spec, "tools");
+            if (!cJSON_IsArray(allowed)) return fail(c, 400, "'tool_choice' allowed_tools needs a 'tools' array%s", NULL);
         }
     } else {
         return fail(c, 400, "'tool_choice' must be a string or an object%s", NULL);
     }
     if (!name && !strcmp(mode, "auto")) return true;
     if (!name && strcmp(mode, "required") && strcmp(mode, "any"))
-        return fail(c, 400, "'tool_choice' '%s' is not one of auto, none, required, any or a named tool", mode);
-    if (!c->r->n_tool_names)
+        return fail(c, 400, "'tool_choice' '%s' is not one of auto, none, required, any, allowed_tools or a named tool",
+                    mode);
+    srv_request *r = c->r;
+    if (!r->n_tool_names)
         return fail(c, 400, "'tool_choice' asks for a tool call but the request has no function tools%s", NULL);
     if (name) {
-        int k = 0;
-        while (k < c->r->n_tool_names && strcmp(c->r->tool_names[k], name)) k++;
-        if (k == c->r->n_tool_names) return fail(c, 400, "'tool_choice' names '%s', which is not among the tools", name);
-        c->r->tool_force_name = c->r->tool_names[k];
+        const int k = tool_index(r, name);
+        if (k < 0) return fail(c, 400, "'tool_choice' names '%s', which is not among the tools", name);
+        r->tool_force_name = r->tool_names[k];
+        r->tool_force = 2;
+        return true;
     }
-    c->r->tool_force = name ? 2 : 1;
+    r->force_names = r->tool_names;
+    r->n_force_names = r->n_tool_names;
+    if (allowed) {
+        r->force_names = ar_alloc(&r->ar, (size_t)r->n_tool_names * sizeof *r->force_names);
+        r->n_force_names = 0;
+        const cJSON *a;
+        cJSON_ArrayForEach(a, allowed) {
+            const cJSON *fn = jget(a, "function");
+            const char *nm = cJSON_IsObject(fn) ? jstr(fn, "name") : jstr(a, "name");
+            const int k = nm ? tool_index(r, nm) : -1;
+            if (k < 0) continue; /* (hosted tools, or names not in the request) */
+            bool dup = false;
+            for (int i = 0; i < r->n_force_names; i++) dup = dup || r->force_names[i] == r->tool_names[k];
+            if (!dup) r->force_names[r->n_force_names++] = r->tool_names[k];
+        }
+        if (!r->n_force_names)
+            return fail(c, 400, "'tool_choice' allowed_tools lists none of the request's function tools%s", NULL);
+    }
+    r->tool_force = 1;
     return true;
 }
 

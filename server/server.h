@@ -71,8 +71,11 @@ typedef struct {
     const char *tools_json;  /* JSON array of function schemas, NULL: no tools */
     const char **tool_names; /* their names */
     int n_tool_names;
-    int tool_force;          /* tool_choice: 0 auto, 1 some tool must be called (required / any), 2 the named one */
+    int tool_force;          /* tool_choice: 0 auto, 1 one of force_names must be called (required / any /
+                                allowed_tools), 2 the named one */
     const char *tool_force_name;
+    const char **force_names; /* the tools a forced call may name (tool_names, or the allowed subset) */
+    int n_force_names;
     const char *response_format_json; /* JSON schema the answer must follow, NULL: free text */
     ds4_think_mode think;
     uint32_t max_tokens;     /* 0: server cap */

@@ -266,8 +266,31 @@ def test_tool_choice_forces_a_call(t):
     calls = [o.name for o in r.output if o.type == "function_call"]
     text = "".join(c.text for o in r.output if o.type == "message" for c in o.content if c.type == "output_text")
     assert forced_call_name(text, calls[0] if calls else None) == "get_weather", r.output
+    # allowed_tools (chat: nested; Responses: flat) with mode required: a call to one of those
+    st, data = t.raw("POST", "/v1/chat/completions", {
+        "model": "deepseek-chat", "max_tokens": 40, "messages": msgs, "tools": [WEATHER_TOOL, TIME_TOOL],
+        "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+            "mode": "required", "tools": [{"type": "function", "function": {"name": "get_time"}}]}}})
+    assert st == 200, data[:200]
+    m = json.loads(data)["choices"][0]["message"]
+    calls = m.get("tool_calls") or []
+    assert forced_call_name(m.get("content"), calls[0]["function"]["name"] if calls else None) == "get_time", m
+    st, data = t.raw("POST", "/v1/responses", {
+        "model": "x", "max_output_tokens": 40, "input": "time?", "ds4_force": "Call it.</think>",
+        "tools": [RESP_TOOL, dict(RESP_TOOL, name="get_time")],
+        "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_time"}]}})
+    assert st == 200, data[:200]
+    out = json.loads(data)["output"]
+    calls = [o["name"] for o in out if o["type"] == "function_call"]
+    text = "".join(c.get("text", "") for o in out if o["type"] == "message" for c in o["content"])
+    assert forced_call_name(text, calls[0] if calls else None) == "get_time", out
     # a choice the request cannot honour is an error naming it
     body = {"messages": msgs, "tools": [WEATHER_TOOL]}
+    expect_error(t, "/v1/chat/completions", dict(body, tool_choice={"type": "allowed_tools", "allowed_tools": {
+        "mode": "required", "tools": [{"type": "function", "function": {"name": "get_time"}}]}}), 400,
+                 frag="none of the request")
+    expect_error(t, "/v1/chat/completions", dict(body, tool_choice={"type": "allowed_tools", "allowed_tools": {
+        "mode": "often", "tools": []}}), 400, frag="mode")
     expect_error(t, "/v1/chat/completions", dict(body, tool_choice={"type": "function", "function": {"name": "nope"}}),
                  400, frag="not among the tools")
     expect_error(t, "/v1/chat/completions", {"messages": msgs, "tool_choice": "required"}, 400, frag="no function tools")
