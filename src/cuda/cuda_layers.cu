@@ -303,7 +303,7 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     /* decode: each out_a group's last block quantizes the group's rows for
      * out_b (DS4_CUDA_FIN with quant) */
     const dact low_q = forms_for(cs->low, {&L->out_b}, true);
-    bool low_fin = T == 1 && cm->fin_quant && G <= 16 && G <= MV_MAX_JOBS && !low_q.f;
+    bool low_fin = T == 1 && cm->fin_quant && G <= MV_MAX_JOBS && !low_q.f; /* (one launch; FIN_OUTA + g < FIN_EXP) */
     for (uint32_t g = 0; low_fin && g < G; g++) {
         mv_job j = out_a_job(g);
         low_fin = finish_with(j, MV_FIN_QUANT, cs->fin_cnt + FIN_OUTA + g, OR, j.y, NULL, 0, NULL, 0.0f, low_q, g * OR);

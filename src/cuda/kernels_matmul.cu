@@ -556,16 +556,17 @@ typedef struct {
     int4 a0[IQU], a1[IQU];
     float dk[IQU];
 } iq2_act;
-static __device__ __forceinline__ void iq2_load_act(const mv_job &J, const act_view &X, size_t xo, iq2_act &A) {
+static __device__ __forceinline__ void iq2_load_act(const mv_job &J, uint32_t pair, iq2_act &A) {
     const int lane = threadIdx.x & 31;
     const uint32_t nsub = J.w.n_in / 32;
+    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
 #pragma unroll
     for (int v = 0; v < IQU; v++) {
         const uint32_t sb = 32 * v + lane;
         const bool act = sb < nsub;
-        A.a0[v] = act ? *(const int4 *)(X.qk + xo + 32 * (size_t)sb) : make_int4(0, 0, 0, 0);
-        A.a1[v] = act ? *(const int4 *)(X.qk + xo + 32 * (size_t)sb + 16) : make_int4(0, 0, 0, 0);
-        A.dk[v] = act ? X.dk[xo / 256 + sb / 8] : 0.0f;
+        A.a0[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb) : make_int4(0, 0, 0, 0);
+        A.a1[v] = act ? *(const int4 *)(J.x.qk + xo + 32 * (size_t)sb + 16) : make_int4(0, 0, 0, 0);
+        A.dk[v] = act ? J.x.dk[xo / 256 + sb / 8] : 0.0f;
     }
 }
 
@@ -665,10 +666,11 @@ static __device__ __forceinline__ void iq2_rows_1pass(const mv_job &J, uint32_t 
  * rows (a Q2_K row's reduction is short, ~80 instructions a lane, far less
  * than a load's latency) */
 template <int CH>
-static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, const act_view &X, size_t xo, uint32_t mat,
-                                                      uint32_t pair, uint32_t rb0, uint32_t rpw) {
+static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
+                                                      uint32_t rpw) {
     const int lane = threadIdx.x & 31;
     const uint32_t n = J.w.n_in, nunits = (n / 256) * 4;
+    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
     const bool act = (uint32_t)lane < nunits;
     const uint32_t blk = lane >> 2, part = lane & 3, h = part >> 1, k = part & 1;
     int4 av[4];
@@ -676,10 +678,10 @@ static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, const act
     float dx = 0.0f;
 #pragma unroll
     for (int jj = 0; jj < 4; jj++) {
-        av[jj] = act ? *(const int4 *)(X.qk + xo + 256 * (size_t)blk + 128 * h + 16 * k + 32 * jj) : make_int4(0, 0, 0, 0);
-        bs[jj] = act ? X.bk[xo / 16 + 16 * (size_t)blk + 8 * h + 2 * jj + k] : 0;
+        av[jj] = act ? *(const int4 *)(J.x.qk + xo + 256 * (size_t)blk + 128 * h + 16 * k + 32 * jj) : make_int4(0, 0, 0, 0);
+        bs[jj] = act ? J.x.bk[xo / 16 + 16 * (size_t)blk + 8 * h + 2 * jj + k] : 0;
     }
-    if (act) dx = X.dk[xo / 256 + blk];
+    if (act) dx = J.x.dk[xo / 256 + blk];
     uint32_t r = rb0 + (threadIdx.x >> 5);
     if (r >= J.n_rows) return;
     auto load = [&](uint32_t row, uint32_t (&q)[4], uint32_t (&s)[2], uint32_t &d) {
@@ -754,18 +756,19 @@ static __device__ __forceinline__ void q2k_rows_1pass(const mv_job &J, const act
  * flight while this one is reduced (short rows give a warp few bytes to
  * load, so without the second row in flight q_b ran at ~40% of DRAM). */
 template <int CPL>
-static __device__ __forceinline__ void q8_rows_1pass(const mv_job &J, const act_view &X, size_t xo, uint32_t mat,
-                                                     uint32_t pair, uint32_t rb0, uint32_t rpw) {
+static __device__ __forceinline__ void q8_rows_1pass(const mv_job &J, uint32_t mat, uint32_t pair, uint32_t rb0,
+                                                     uint32_t rpw) {
     const int lane = threadIdx.x & 31;
     const uint32_t n = J.w.n_in, nch = n / 16;
+    const size_t xo = (size_t)(pair * J.x_pair) * J.x.stride + J.x.off;
     int4 xa[CPL];
     float dx[CPL];
 #pragma unroll
     for (int u = 0; u < CPL; u++) {
         const uint32_t c = 32 * u + lane;
         const bool act = c < nch;
-        xa[u] = act ? *(const int4 *)(X.q8 + xo + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
-        dx[u] = act ? X.d8[xo / 32 + c / 2] : 0.0f;
+        xa[u] = act ? *(const int4 *)(J.x.q8 + xo + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+        dx[u] = act ? J.x.d8[xo / 32 + c / 2] : 0.0f;
     }
     uint32_t r = rb0 + (threadIdx.x >> 5);
     if (r >= J.n_rows) return;
@@ -974,7 +977,7 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
     [[maybe_unused]] const bool iq2_1pass = NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS) && L.fast &&
                                             J.w.n_in / 32 <= 32 * IQU;
     if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS))
-        if (iq2_1pass && J.x_early) iq2_load_act(J, J.x, (size_t)(pair * J.x_pair) * J.x.stride + J.x.off, A);
+        if (iq2_1pass && J.x_early) iq2_load_act(J, pair, A);
     pdl_wait();
     pdl_trigger();
     uint32_t mat = J.mat;
@@ -982,12 +985,11 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
         const int32_t e = J.mat_ids[pair];
         mat = e >= 0 && (uint32_t)e < J.w.n_mat ? (uint32_t)e : 0;
     }
-    /* the rows of this block against activation row xrow of X */
-    auto rows = [&](const act_view &X, uint32_t xrow) {
-        const size_t xo = (size_t)xrow * X.stride + X.off;
+    /* the rows of this block (a lambda: every path returns to the finish below) */
+    auto rows = [&]() {
         if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_IQ2_XXS)) {
             if (iq2_1pass) {
-                if (!J.x_early) iq2_load_act(J, X, xo, A);
+                if (!J.x_early) iq2_load_act(J, pair, A);
                 if (L.iq2_table_signs) iq2_rows_1pass<false>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
                 else iq2_rows_1pass<true>(J, mat, pair, rb0, rpw, s_grid, s_smask, A);
                 return;
@@ -995,18 +997,18 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
         }
         if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q8_0)) {
             if (L.fast && J.w.n_in <= 1024) {
-                q8_rows_1pass<2>(J, X, xo, mat, pair, rb0, rpw);
+                q8_rows_1pass<2>(J, mat, pair, rb0, rpw);
                 return;
             }
             if (L.fast && J.w.n_in <= 2048) {
-                q8_rows_1pass<4>(J, X, xo, mat, pair, rb0, rpw);
+                q8_rows_1pass<4>(J, mat, pair, rb0, rpw);
                 return;
             }
         }
         if constexpr (NT == 1 && TYPES == TB(DS4_TYPE_Q2_K)) {
             if (L.fast && (J.w.n_in / 256) * 4 <= 32) {
-                if (L.q2k_chunk) q2k_rows_1pass<4>(J, X, xo, mat, pair, rb0, rpw);
-                else q2k_rows_1pass<1>(J, X, xo, mat, pair, rb0, rpw);
+                if (L.q2k_chunk) q2k_rows_1pass<4>(J, mat, pair, rb0, rpw);
+                else q2k_rows_1pass<1>(J, mat, pair, rb0, rpw);
                 return;
             }
         }
@@ -1018,9 +1020,9 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
                 const int nt = L.T - t0 < (uint32_t)NT ? (int)(L.T - t0) : NT;
                 uint32_t xr[NT];
 #pragma unroll
-                for (int j = 0; j < NT; j++) xr[j] = xrow + t0 + j;
+                for (int j = 0; j < NT; j++) xr[j] = pair * J.x_pair + t0 + j;
                 float out[NT];
-                row_dot<NT, TYPES>(J.w, wrow, X, xr, nt, out, s_grid, s_smask);
+                row_dot<NT, TYPES>(J.w, wrow, J.x, xr, nt, out, s_grid, s_smask);
                 if ((threadIdx.x & 31) == 0)
 #pragma unroll
                     for (int j = 0; j < NT; j++)
@@ -1028,7 +1030,7 @@ __global__ void __launch_bounds__(256, OCC ? 4 : (TYPES == TB_ALL ? 1 : 3)) matv
             }
         }
     };
-    rows(J.x, pair * J.x_pair);
+    rows();
     if constexpr (NT == 1 && FIN)
         if (J.fin) mv_finish(J, pair);
 }
