@@ -55,24 +55,42 @@ bool cu_pdl_enabled(void) {
 }
 
 /* DS4_CUDA_CARVEOUT: N (every kernel), dN (kernels first launched in a
- * decode step; the default is d50), or "off" */
+ * decode step; the default is d50), or "off". With dN the kernels decode
+ * set keep the setting only while decode runs: a prefill chunk puts them back
+ * to the driver's default (the kernels prefill shares with decode, e.g. the
+ * chunk HC and norm kernels, ran 2.5-3.6% slower after a decode with the
+ * decode carveout), and the next decode step sets it again. */
 static bool g_in_decode;
+static int g_carve_pct = -2;
+static bool g_carve_decode_only = true;
+static int g_carve_phase = -1; /* the phase the carved kernels are set for: 1 decode, 0 prefill */
+static std::vector<const void *> g_carved;
+static void carveout_env(void) {
+    if (g_carve_pct != -2) return;
+    const char *e = getenv("DS4_CUDA_CARVEOUT");
+    if (!e) e = "d50";
+    g_carve_decode_only = *e == 'd';
+    if (g_carve_decode_only) e++;
+    g_carve_pct = *e >= '0' && *e <= '9' && atoi(e) <= 100 ? atoi(e) : -1;
+}
 void cu_carveout(const void *kernel) {
-    static int pct = -2;
-    static bool decode_only = true;
-    if (pct == -2) {
-        const char *e = getenv("DS4_CUDA_CARVEOUT");
-        if (!e) e = "d50";
-        decode_only = *e == 'd';
-        if (decode_only) e++;
-        pct = *e >= '0' && *e <= '9' && atoi(e) <= 100 ? atoi(e) : -1;
-    }
-    if (pct < 0 || (decode_only && !g_in_decode)) return;
-    static std::vector<const void *> seen;
-    for (const void *k : seen)
+    carveout_env();
+    if (g_carve_pct < 0 || (g_carve_decode_only && !g_in_decode)) return;
+    for (const void *k : g_carved)
         if (k == kernel) return;
-    seen.push_back(kernel);
-    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, pct);
+    g_carved.push_back(kernel);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, g_carve_pct);
+}
+/* the forward about to run is a decode step (graph or launches) or a prefill
+ * chunk: with dN, the carved kernels get N or the default back */
+static void carveout_phase(bool decode) {
+    carveout_env();
+    g_in_decode = decode;
+    if (g_carve_pct < 0 || !g_carve_decode_only || g_carve_phase == (int)decode) return;
+    g_carve_phase = decode;
+    for (const void *k : g_carved)
+        cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             decode ? g_carve_pct : (int)cudaSharedmemCarveoutDefault);
 }
 
 bool cu_dev_alloc(cu_alloc *cm, void **p, size_t bytes, char *err, size_t errlen, const char *what) {
@@ -577,7 +595,7 @@ static bool cu_session_init(ds4_session *s, char *err, size_t errlen) {
     cu_session *cs = new cu_session();
     s->bk = cs;
     cs->state_mem = cs->scratch_mem = NULL;
-    cs->graph_ready[0] = cs->graph_ready[1] = false;
+    for (bool &r : cs->graph_ready) r = false;
     cs->T_cap = (uint32_t)s->m->prefill_chunk;
     cs->lchunk = cs->T_cap < 16 ? cs->T_cap : 16;
     const uint32_t HG = (hp->n_head + 7) / 8;
@@ -619,7 +637,7 @@ static bool cu_session_init(ds4_session *s, char *err, size_t errlen) {
 }
 
 static void drop_graphs(cu_session *cs) {
-    for (int v = 0; v < 2; v++) {
+    for (int v = 0; v < 3; v++) {
         if (cs->graph_ready[v]) cudaGraphExecDestroy(cs->graph[v]);
         cs->graph_ready[v] = false;
     }
@@ -862,7 +880,7 @@ __global__ void step_tail_kernel(int64_t *pos0, const int32_t *next, int32_t *to
 }
 
 static void decode_body(fwd *F) {
-    g_in_decode = true;
+    carveout_phase(true);
     run_layers(F, 1, NULL);
     output_head(F, 0, 1);
     cu_argmax(F->cm->st, F->cs->logits, 1, F->s->m->hp->n_vocab, F->cs->next, F->cs->amax);
@@ -887,10 +905,16 @@ static bool finish(fwd *F, char *err, size_t errlen) {
 /* The decode variant for a step at position pos: the long-context one
  * (cluster top-k) once the compressed rows outnumber TOPK_CL_MIN_N */
 static bool long_step(int64_t pos) { return (pos + 1) / 4 > TOPK_CL_MIN_N && cu_topk_cluster_ok(); }
+/* the decode variant's flags for a step at position pos, and its graph slot */
+static void step_variant(fwd *F, int64_t pos) {
+    F->topk_cluster = long_step(pos);
+    F->wide = cu_wide_angles(pos);
+}
+static int graph_slot(const fwd *F) { return F->wide ? 2 : F->topk_cluster ? 1 : 0; }
 
 static bool ensure_graph(fwd *F, char *err, size_t errlen) {
     cu_session *cs = F->cs;
-    const int v = F->topk_cluster ? 1 : 0;
+    const int v = graph_slot(F);
     if (cs->graph_ready[v]) return true;
     cudaStream_t sm = F->cm->st;
     cudaGraph_t g = NULL;
@@ -925,13 +949,15 @@ static bool cu_forward(ds4_session *s, const int32_t *tokens, uint32_t T, float 
     cs->h_pos0[0] = s->n_tokens;
     CU_OK(cudaMemcpyAsync(cs->tokens, cs->h_tokens, (size_t)T * 4, cudaMemcpyHostToDevice, sm), err, errlen, "tokens");
     CU_OK(cudaMemcpyAsync(cs->pos0, cs->h_pos0, 8, cudaMemcpyHostToDevice, sm), err, errlen, "position");
-    F.topk_cluster = T == 1 && long_step(s->n_tokens);
+    if (T == 1) step_variant(&F, s->n_tokens);
     if (T == 1 && cm->use_graph && !cm->sync_each && !s->trace_topk) {
         if (!ensure_graph(&F, err, errlen)) return false;
-        CU_OK(cudaGraphLaunch(cs->graph[F.topk_cluster], sm), err, errlen, "graph launch");
+        carveout_phase(true);
+        CU_OK(cudaGraphLaunch(cs->graph[graph_slot(&F)], sm), err, errlen, "graph launch");
     } else if (T == 1) {
         decode_body(&F);
     } else {
+        carveout_phase(false);
         g_steptime_chunk = steptime_on();
         if (g_steptime_chunk) steptime_mark(NULL);
         run_layers(&F, T, NULL);
@@ -1065,7 +1091,7 @@ extern "C" bool ds4_cuda_profile_decode(ds4_session *s, int32_t token, float *ti
     for (auto &e : ev) cudaEventCreate(&e);
     std::vector<prof_mark> marks;
     fwd F = {s, cm, cs, NULL, cudaSuccess, &marks};
-    F.topk_cluster = long_step(s->n_tokens);
+    step_variant(&F, s->n_tokens);
     cs->h_tokens[0] = token;
     cs->h_pos0[0] = s->n_tokens;
     cudaMemcpyAsync(cs->tokens, cs->h_tokens, 4, cudaMemcpyHostToDevice, cm->st);
@@ -1075,7 +1101,7 @@ extern "C" bool ds4_cuda_profile_decode(ds4_session *s, int32_t token, float *ti
     cudaEventRecord(start, cm->st);
     prof_mark first = {"start", start};
     marks.push_back(first);
-    g_in_decode = true;
+    carveout_phase(true);
     run_layers(&F, 1, ev.data());
     g_in_decode = false;
     output_head(&F, 0, 1);
@@ -1125,12 +1151,15 @@ extern "C" bool ds4_cuda_decode_greedy(ds4_session *s, int32_t first, uint32_t n
     CU_OK(cudaMalloc(&ids, (size_t)n * 4), err, errlen, "ids");
     const bool graph = cm->use_graph && !cm->sync_each;
     for (uint32_t i = 0; i < n; i++) {
-        F.topk_cluster = long_step((int64_t)s->n_tokens + i);
+        step_variant(&F, (int64_t)s->n_tokens + i);
         if (graph && !ensure_graph(&F, err, errlen)) {
             cudaFree(ids);
             return false;
         }
-        if (graph) cudaGraphLaunch(cs->graph[F.topk_cluster], sm);
+        if (graph) {
+            carveout_phase(true);
+            cudaGraphLaunch(cs->graph[graph_slot(&F)], sm);
+        }
         else decode_body(&F);
         cudaMemcpyAsync(ids + i, cs->next, 4, cudaMemcpyDeviceToDevice, sm);
     }

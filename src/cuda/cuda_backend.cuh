@@ -93,8 +93,10 @@ typedef struct {
     int64_t *h_pos0;
     float *h_logits;
     /* decode graph */
-    cudaGraphExec_t graph[2]; /* [topk_cluster]: the decode step for short / long contexts */
-    bool graph_ready[2];
+    /* the decode step: short contexts, long ones (cluster top-k), past
+     * position 105615 (wide RoPE angles, cu_wide_angles) */
+    cudaGraphExec_t graph[3];
+    bool graph_ready[3];
 } cu_session;
 
 static inline cu_session *CS(const ds4_session *s) { return (cu_session *)s->bk; }
@@ -115,6 +117,7 @@ typedef struct {
                        (from the last hc_post), in mix_S slices; 0: not formed */
     bool gram;      /* cs->hcgram holds R's Gram partials (from the last hc_post) */
     bool topk_cluster; /* decode at a long context: the indexer's top-k over a cluster of blocks */
+    bool wide;         /* decode past position 105615: RoPE kernels for large angles (cu_wide_angles) */
     bool pre_fused; /* the last hc_post also ran the next hc_pre (cu_hc_post with hc_next) */
 } fwd;
 

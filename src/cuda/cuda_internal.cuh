@@ -508,7 +508,7 @@ void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint
  * at pos0[0] + t (heads are T-major), then optional Hadamard + FP4 (indexer
  * queries). inverse rotates by -θ. */
 void cu_head_post(cudaStream_t st, float *x, uint32_t T, uint32_t H, uint32_t D, uint32_t n_rot, const float *inv_freq,
-                  const int64_t *pos0, bool norm, float eps, bool inverse, bool hadamard_fp4);
+                  const int64_t *pos0, bool norm, float eps, bool inverse, bool hadamard_fp4, bool wide = false);
 /* cu_head_post's per-head steps for two sets of heads in one launch */
 typedef struct {
     float *x;
@@ -516,7 +516,14 @@ typedef struct {
     const float *inv_freq;
     int norm, inverse, had;
 } head_job;
-void cu_head_post2(cudaStream_t st, const head_job &a, const head_job &b, uint32_t T, const int64_t *pos0, float eps);
+/* RoPE angles pos x f (f <= 1) stay within sinf / cosf's fast range up to
+ * position 105615; a decode step past it runs kernels whose RoPE reduces
+ * larger angles itself (sincos_angle in row_ops.cuh): the host picks them
+ * by position (a decode graph of their own), so shorter contexts keep the
+ * kernels without the extra code (with it 4k decode was 1% slower on H100) */
+static inline bool cu_wide_angles(int64_t pos) { return pos > 105615; }
+void cu_head_post2(cudaStream_t st, const head_job &a, const head_job &b, uint32_t T, const int64_t *pos0, float eps,
+                   bool wide = false);
 
 /* Router: probabilities, selection (hash table or top-k of prob+bias), weights
  * of T tokens' logits [T][X] -> ra.ids / ra.wts [T][K] */
@@ -579,7 +586,7 @@ void cu_kv_store(cudaStream_t st, const kvrow_params &kp, const float *kv, uint3
  * the attention compressor a and the indexer compressor ix (either may be
  * NULL; ix only with a) in one launch */
 void cu_side_decode(cudaStream_t st, const kvrow_params &kp, const float *kv, const comp_job *a, const comp_job *ix,
-                    const int64_t *pos0);
+                    const int64_t *pos0, bool wide = false);
 /* Indexer scores [T][n_cap] (rows k < visible of each token) and top-k:
  * sel [T][K] ascending, n_sel[t] = K, or UINT32_MAX when every visible row
  * is attended. fp4_inputs: queries and keys are FP4-simulated (exact in
@@ -610,6 +617,9 @@ typedef struct {
      * that stream's last kernel too: rows from a side branch that ends with
      * the KV / compressor launch, or an indexer selection, are not. */
     int rows_early;
+    /* decode past position 105615: RoPE angles leave sinf / cosf's fast
+     * range (sincos_angle's WIDE variant, chosen by the host) */
+    int wide;
 } attn_params;
 /* The key/value rows token t (position p) attends, in order: the raw window
  * [lo, p] (n_raw rows of the ring), then n_comp compressed rows (the

@@ -197,7 +197,7 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
                          L->idx_ape, cs->ikv, cs->isc, st->idx_kv, st->idx_sc, cs->ipooled, st->idx};
     if (T == 1 && cm->side_fused) { /* one launch for the three (DS4_CUDA_SIDE_FUSED=0: separate) */
         if (!skipped("kv row + compressors", T))
-            cu_side_decode(ss, kp, cs->kvb, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, cs->pos0);
+            cu_side_decode(ss, kp, cs->kvb, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, cs->pos0, F->wide);
         kcheck(F, "kv row + compressors");
     } else {
         cu_kv_store(ss, kp, cs->kvb, T, cs->pos0);
@@ -234,7 +234,8 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     const float wscale = 1.0f / sqrtf((float)ID * (float)I);
     auto indexer_heads = [&](cudaStream_t on) {
         if (!skipped("indexer queries", T))
-            cu_head_post(on, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact);
+            cu_head_post(on, cs->qi, T, I, ID, hp->n_rot, cm->rope_comp, cs->pos0, false, eps, false, !m->exact,
+                         F->wide);
         kcheck(F, "indexer queries");
     };
     auto indexer_topk = [&](cudaStream_t on, bool cluster) {
@@ -262,9 +263,9 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (both_heads) {
         const head_job hq = {cs->q, H, D, hp->n_rot, rope, 1, 0, 0};
         const head_job hi = {cs->qi, I, ID, hp->n_rot, cm->rope_comp, 0, 0, !m->exact};
-        if (!skipped("q heads norm+rope", T)) cu_head_post2(sm, hq, hi, T, cs->pos0, eps);
+        if (!skipped("q heads norm+rope", T)) cu_head_post2(sm, hq, hi, T, cs->pos0, eps, F->wide);
     } else if (!q_in_attn && !skipped("q heads norm+rope", T)) {
-        cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false);
+        cu_head_post(sm, cs->q, T, H, D, hp->n_rot, rope, cs->pos0, true, eps, false, false, F->wide);
     }
     kcheck(F, "q heads norm+rope");
     if (ratio == 4 && !both_heads && !idx_side) indexer_heads(sm);
@@ -273,7 +274,7 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (ratio == 4 && F->s->trace_topk) trace_indexer(F, il, T);
     attn_params ap = {H, D, hp->n_swa, F->s->raw_cap, ratio, hp->indexer_top_k, hp->n_rot, L->sinks, st->raw,
                       st->comp, ratio == 4 ? cs->sel : NULL, ratio == 4 ? cs->n_sel : NULL, rope, q_in_attn, eps,
-                      T == 1 && split_side && !split_hcs};
+                      T == 1 && split_side && !split_hcs, F->wide};
     const uint32_t splits = T == 1 ? cs->splits1 : cs->splitsT;
     /* prefill chunks on tensor cores (with the BF16 products; FP16 needs the
      * F16-rounded KV rows of a non-exact model), else the exact kernel */

@@ -469,7 +469,8 @@ extern "C" bool ds4_cuda_test_head_post(float *x, uint32_t T, uint32_t H, uint32
     float *dx = S.dev<float>((size_t)T * H * D, x), *df = S.dev<float>(n_rot / 2, inv_freq);
     int64_t *dp = S.dev<int64_t>(1, &pos0);
     if (!S.ok) return false;
-    cu_head_post(S.st, dx, T, H, D, n_rot, df, dp, norm, 1e-6f, inverse, hadamard_fp4);
+    cu_head_post(S.st, dx, T, H, D, n_rot, df, dp, norm, 1e-6f, inverse, hadamard_fp4,
+                 T == 1 && cu_wide_angles(pos0)); /* (what a decode step there runs) */
     S.get(x, dx, (size_t)T * H * D);
     return S.ok;
 }
@@ -643,7 +644,7 @@ extern "C" bool ds4_cuda_test_side_decode(uint32_t D, uint32_t ID, uint32_t rati
         const comp_job ca = {{ratio, D, n_rot, df, dn + D, false, true, true, 1e-6f}, da, dckv, dcsc, p[1], p[2], dpool, p[3]};
         const comp_job ci = {{4, ID, n_rot, df, dn + 2 * D, true, true, false, 1e-6f}, di, dikv, disc, p[4], p[5], dipool, p[6]};
         if (way == 0) {
-            cu_side_decode(S.st, kp, dkv, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, dp);
+            cu_side_decode(S.st, kp, dkv, ratio ? &ca : NULL, ratio == 4 ? &ci : NULL, dp, cu_wide_angles(pos0));
         } else {
             cu_kv_store(S.st, kp, dkv, 1, dp);
             if (ratio) cu_compress(S.st, ca, 1, dp);
@@ -696,8 +697,10 @@ extern "C" bool ds4_cuda_test_attention(const float *q, uint32_t T, uint32_t H, 
     const size_t pf = cu_attention_part_floats(T, H, D, splits ? splits : 1);
     float *part = S.dev<float>(pf), *dout = S.dev<float>((size_t)T * H * D);
     if (!S.ok) return false;
+    /* (all uploaded before the launch: rows may be staged early; wide: the
+     * decode kernels a step at this position runs) */
     attn_params ap = {H, D, n_swa, raw_cap, ratio, top_k, n_rot, dsk, draw, dcomp, dsel, dns, df, g_attn_q_post, g_attn_q_eps,
-                      1}; /* (all uploaded before the launch: rows may be staged early) */
+                      1, cu_wide_angles(pos0 + T - 1)};
     if (!splits) { /* the tensor-core prefill kernel */
         if (!cu_attention_tc(S.st, ap, dq, T, dp, dout)) return S.fail("tensor-core attention does not apply"), false;
     } else

@@ -192,6 +192,7 @@ __global__ void comp_state_kernel(comp_params cp, dweight ape, const float *kv, 
 
 /* the b-th row closed in the chunk from p0: normalised, rotated, quantized
  * into rows[] (whole block; nothing when fewer closed) */
+template <bool WIDE = false>
 static __device__ void comp_emit_row(const comp_params &cp, uint32_t T, int64_t p0, const float *pooled, float *rows,
                                      uint32_t b, float *s_row, double *red) {
     const uint32_t ratio = cp.ratio, dim = cp.dim;
@@ -202,7 +203,7 @@ static __device__ void comp_emit_row(const comp_params &cp, uint32_t T, int64_t 
     for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) s_row[i] = pooled[(size_t)b * dim + i];
     __syncthreads();
     srow_rmsnorm(s_row, dim, cp.norm, cp.eps, red);
-    srow_rope(s_row, dim, cp.n_rot, cp.inv_freq, ri * ratio, false);
+    srow_rope<WIDE>(s_row, dim, cp.n_rot, cp.inv_freq, ri * ratio, false);
     if (cp.sim) {
         if (cp.indexer) {
             srow_hadamard(s_row, dim);
@@ -249,6 +250,7 @@ void cu_compress(cudaStream_t st, const comp_job &J, uint32_t T, const int64_t *
 /* KV rows */
 
 /* token t's KV row [D]: RMSNorm, RoPE at p, FP8 / F16 rounding, into ring row p % raw_cap (whole block) */
+template <bool WIDE = false>
 static __device__ void kv_row_store(const kvrow_params &kp, const float *kv, uint32_t t, int64_t p, float *s_row,
                                     double *red) {
     const uint32_t D = kp.D;
@@ -256,7 +258,7 @@ static __device__ void kv_row_store(const kvrow_params &kp, const float *kv, uin
     for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) s_row[i] = kv[(size_t)t * D + i];
     __syncthreads();
     srow_rmsnorm(s_row, D, kp.norm, kp.eps, red);
-    srow_rope(s_row, D, kp.n_rot, kp.inv_freq, p, false);
+    srow_rope<WIDE>(s_row, D, kp.n_rot, kp.inv_freq, p, false);
     if (kp.fp8) srow_fp8(s_row, D - kp.n_rot);
     if (kp.f16) srow_f16(s_row, D);
     float *dst = kp.raw + (size_t)(p % kp.raw_cap) * D;
@@ -280,6 +282,7 @@ void cu_kv_store(cudaStream_t st, const kvrow_params &kp, const float *kv, uint3
  * row, block 1 (2) walks the attention (indexer) compressor one token and
  * emits its row when a window closes: one kernel where the chain of
  * kv_store / update / emit launches was five, each waiting on the last. */
+template <bool WIDE>
 __global__ void __launch_bounds__(512) side_decode_kernel(kvrow_params kp, const float *kv, comp_job a, comp_job ix,
                                                           const int64_t *pos0) {
     pdl_wait();
@@ -288,25 +291,30 @@ __global__ void __launch_bounds__(512) side_decode_kernel(kvrow_params kp, const
     __shared__ double red[32];
     const int64_t p0 = pos0[0];
     if (blockIdx.x == 0) {
-        kv_row_store(kp, kv, 0, p0, s_row, red);
+        kv_row_store<WIDE>(kp, kv, 0, p0, s_row, red);
         return;
     }
     const comp_job &J = blockIdx.x == 1 ? a : ix;
     for (uint32_t j = threadIdx.x; j < J.cp.dim; j += blockDim.x)
         comp_update_col(J.cp, J.ape, J.kv, J.sc, 1, p0, J.st_kv, J.st_sc, J.pooled, j);
     __syncthreads(); /* the pooled row (global) is read by other threads below */
-    comp_emit_row(J.cp, 1, p0, J.pooled, J.rows, 0, s_row, red);
+    comp_emit_row<WIDE>(J.cp, 1, p0, J.pooled, J.rows, 0, s_row, red);
 }
 
 void cu_side_decode(cudaStream_t st, const kvrow_params &kp, const float *kv, const comp_job *a, const comp_job *ix,
-                    const int64_t *pos0) {
+                    const int64_t *pos0, bool wide) {
     comp_job none;
     memset(&none, 0, sizeof none);
     uint32_t smem = kp.D;
     if (a && a->cp.dim > smem) smem = a->cp.dim;
     if (ix && ix->cp.dim > smem) smem = ix->cp.dim;
     const uint32_t blocks = a ? (ix ? 3 : 2) : 1;
-    cu_launch(side_decode_kernel, blocks, 512, smem * sizeof(float), st, kp, kv, a ? *a : none, ix ? *ix : none, pos0);
+    if (wide)
+        cu_launch(side_decode_kernel<true>, blocks, 512, smem * sizeof(float), st, kp, kv, a ? *a : none,
+                  ix ? *ix : none, pos0);
+    else
+        cu_launch(side_decode_kernel<false>, blocks, 512, smem * sizeof(float), st, kp, kv, a ? *a : none,
+                  ix ? *ix : none, pos0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -876,7 +884,7 @@ static uint32_t g_att_tile = ATT_TILE;
  * the query is loaded and normalised, and tile k + 2 while tile k + 1 is
  * used, so the row loads overlap the query's prologue and the previous
  * tile's arithmetic. */
-template <int DPL, int WPH>
+template <int DPL, int WPH, bool WIDE>
 __global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_params ap, const float *q,
                                                                      const int64_t *pos0, uint32_t S, uint32_t tr,
                                                                      float *part_o, float *part_ml, int early) {
@@ -936,7 +944,7 @@ __global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_para
             const uint32_t d = lane + 32 * j;
             if (d >= rope0) { /* the pair (even, odd) sits on lanes (lane & ~1, lane | 1) */
                 float a = d & 1 ? other : qr[j], b = d & 1 ? qr[j] : other;
-                rope_pair(a, b, pos, ap.inv_freq[(d - rope0) >> 1], false);
+                rope_pair<WIDE>(a, b, pos, ap.inv_freq[(d - rope0) >> 1], false);
                 qr[j] = d & 1 ? b : a;
             }
         }
@@ -1014,6 +1022,7 @@ __global__ void __launch_bounds__(32 * ATT_HPB * WPH) attn_part_kernel(attn_para
  * split values before the split weights are known, so the two loads from L2
  * overlap; the sum keeps the split order (the same result) */
 #define ATT_COMBINE_MAX_THREADS 512
+template <bool WIDE>
 __global__ void __launch_bounds__(ATT_COMBINE_MAX_THREADS) attn_combine_kernel(attn_params ap, const int64_t *pos0,
                                                                                uint32_t S, const float *part_o,
                                                                                const float *part_ml, float *out,
@@ -1054,7 +1063,7 @@ __global__ void __launch_bounds__(ATT_COMBINE_MAX_THREADS) attn_combine_kernel(a
         s_row[d] = acc * inv;
     }
     __syncthreads();
-    srow_rope(s_row, D, ap.n_rot, ap.inv_freq, pos0[0] + t, true);
+    srow_rope<WIDE>(s_row, D, ap.n_rot, ap.inv_freq, pos0[0] + t, true);
     const size_t o = ((size_t)t * H + h) * D;
     #pragma unroll 4
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) out[o + d] = s_row[d];
@@ -1086,8 +1095,14 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     }
     const int early = early_env && ap.rows_early && !ap.sel;
 #define ATT_PART(DPL, WPH)                                                                                       \
-    cu_launch(attn_part_kernel<DPL, WPH>, grid, 32 * ATT_HPB * WPH, smem, st, ap, q, pos0, splits, tr, part_o, \
-              part_ml, early)
+    do {                                                                                                         \
+        if (ap.wide)                                                                                             \
+            cu_launch(attn_part_kernel<DPL, WPH, true>, grid, 32 * ATT_HPB * WPH, smem, st, ap, q, pos0, splits, \
+                      tr, part_o, part_ml, early);                                                               \
+        else                                                                                                     \
+            cu_launch(attn_part_kernel<DPL, WPH, false>, grid, 32 * ATT_HPB * WPH, smem, st, ap, q, pos0, splits, \
+                      tr, part_o, part_ml, early);                                                               \
+    } while (0)
     switch (ap.D / 32) {
     case 4: if (wph == 2) ATT_PART(4, 2); else ATT_PART(4, 1); break;
     case 8: if (wph == 2) ATT_PART(8, 2); else ATT_PART(8, 1); break;
@@ -1099,8 +1114,9 @@ void cu_attention(cudaStream_t st, const attn_params &ap, const float *q, uint32
     memset(&none, 0, sizeof none);
     dim3 g2(T, ap.H);
     const uint32_t nt = ap.D < ATT_COMBINE_MAX_THREADS ? (ap.D + 31) / 32 * 32 : ATT_COMBINE_MAX_THREADS;
-    cu_launch(attn_combine_kernel, g2, nt, ap.D * sizeof(float), st, ap, pos0, splits, part_o, part_ml, o,
-              oq && ap.D % 256 == 0 ? *oq : none);
+    const dact oqf = oq && ap.D % 256 == 0 ? *oq : none;
+    if (ap.wide) cu_launch(attn_combine_kernel<true>, g2, nt, ap.D * sizeof(float), st, ap, pos0, splits, part_o, part_ml, o, oqf);
+    else cu_launch(attn_combine_kernel<false>, g2, nt, ap.D * sizeof(float), st, ap, pos0, splits, part_o, part_ml, o, oqf);
 }
 
 bool cu_attn_init(char *err, size_t errlen) {
@@ -1119,12 +1135,15 @@ bool cu_attn_init(char *err, size_t errlen) {
     const int att_bytes = cap(2 * ATT_TILE * 512 * 4);
     g_att_tile = (uint32_t)att_bytes / (2 * 512 * 4);
     if (g_att_tile < 1) g_att_tile = 1;
-    for (const void *f : {(const void *)attn_part_kernel<4, 1>, (const void *)attn_part_kernel<8, 1>,
-                          (const void *)attn_part_kernel<16, 1>, (const void *)attn_part_kernel<32, 1>,
-                          (const void *)attn_part_kernel<4, 2>, (const void *)attn_part_kernel<8, 2>,
-                          (const void *)attn_part_kernel<16, 2>, (const void *)attn_part_kernel<32, 2>})
+#define ATT_VARIANTS(W)                                                                                            \
+    (const void *)attn_part_kernel<4, 1, W>, (const void *)attn_part_kernel<8, 1, W>,                              \
+        (const void *)attn_part_kernel<16, 1, W>, (const void *)attn_part_kernel<32, 1, W>,                        \
+        (const void *)attn_part_kernel<4, 2, W>, (const void *)attn_part_kernel<8, 2, W>,                          \
+        (const void *)attn_part_kernel<16, 2, W>, (const void *)attn_part_kernel<32, 2, W>
+    for (const void *f : {ATT_VARIANTS(false), ATT_VARIANTS(true)})
         CU_OK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, att_bytes), err, errlen,
               "attention shared memory");
+#undef ATT_VARIANTS
     CU_OK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cap(160 * 1024)), err,
           errlen, "indexer shared memory");
     CU_OK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -800,7 +800,9 @@ void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint
 }
 
 /* blocks [0, T a.H): heads of a, then T b.H heads of b (decode: the
- * queries and the indexer queries in one launch) */
+ * queries and the indexer queries in one launch; WIDE for decode, see
+ * sincos_angle) */
+template <bool WIDE>
 __global__ void head_post_kernel(head_job a, head_job b, const int64_t *pos0, float eps) {
     pdl_wait();
     pdl_trigger();
@@ -815,7 +817,7 @@ __global__ void head_post_kernel(head_job a, head_job b, const int64_t *pos0, fl
     for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) s_row[i] = row[i];
     __syncthreads();
     if (J.norm) srow_rmsnorm(s_row, D, NULL, eps, red);
-    srow_rope(s_row, D, J.n_rot, J.inv_freq, pos0[0] + t, J.inverse);
+    srow_rope<WIDE>(s_row, D, J.n_rot, J.inv_freq, pos0[0] + t, J.inverse);
     if (J.had) {
         srow_hadamard(s_row, D);
         srow_fp4(s_row, D);
@@ -824,9 +826,11 @@ __global__ void head_post_kernel(head_job a, head_job b, const int64_t *pos0, fl
     for (uint32_t i = threadIdx.x; i < D; i += blockDim.x) row[i] = s_row[i];
 }
 
-void cu_head_post2(cudaStream_t st, const head_job &a, const head_job &b, uint32_t T, const int64_t *pos0, float eps) {
+void cu_head_post2(cudaStream_t st, const head_job &a, const head_job &b, uint32_t T, const int64_t *pos0, float eps,
+                   bool wide) {
     const uint32_t D = a.D > b.D ? a.D : b.D;
-    cu_launch(head_post_kernel, T * (a.H + b.H), 128, D * sizeof(float), st, a, b, pos0, eps);
+    if (T == 1 && wide) cu_launch(head_post_kernel<true>, a.H + b.H, 128, D * sizeof(float), st, a, b, pos0, eps);
+    else cu_launch(head_post_kernel<false>, T * (a.H + b.H), 128, D * sizeof(float), st, a, b, pos0, eps);
 }
 
 /* head_post_kernel for chunks without the Hadamard step: a warp per head
@@ -878,7 +882,7 @@ __global__ void head_post_warp_kernel(float *x, uint32_t rows, uint32_t H, uint3
 }
 
 void cu_head_post(cudaStream_t st, float *x, uint32_t T, uint32_t H, uint32_t D, uint32_t n_rot, const float *inv_freq,
-                  const int64_t *pos0, bool norm, float eps, bool inverse, bool hadamard_fp4) {
+                  const int64_t *pos0, bool norm, float eps, bool inverse, bool hadamard_fp4, bool wide) {
     if (T > 1 && !hadamard_fp4 && D % 128 == 0 && D / 128 <= HPW_MAXV && n_rot % 4 == 0 && n_rot <= D) {
         const uint32_t rows = T * H;
         cu_launch(head_post_warp_kernel, (rows + 7) / 8, 256, 0, st, x, rows, H, D, n_rot, inv_freq, pos0, (int)norm,
@@ -886,7 +890,7 @@ void cu_head_post(cudaStream_t st, float *x, uint32_t T, uint32_t H, uint32_t D,
         return;
     }
     const head_job a = {x, H, D, n_rot, inv_freq, norm, inverse, hadamard_fp4}, none = {NULL, 0, 0, 0, NULL, 0, 0, 0};
-    cu_head_post2(st, a, none, T, pos0, eps);
+    cu_head_post2(st, a, none, T, pos0, eps, wide);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -19,21 +19,55 @@ static __device__ void srow_rmsnorm(float *x, uint32_t n, const float *w, float 
     __syncthreads();
 }
 
-/* RoPE of one pair (a, b) at position pos with frequency f (CPU arithmetic) */
+/* sin and cos of a float angle. Up to 105615 (in magnitude) sinf / cosf
+ * reduce the angle in float and stay on their fast path; above it they fall
+ * back to a Payne-Hanek reduction with a local-memory array, which a warp
+ * walks for its one or two diverging lanes on the critical path of every
+ * RoPE step of long-context decode (the first pairs' angles pass 105615 at
+ * position ~105k: 128k decode 1.8% slower for it on H100). WIDE: there the
+ * angle (an exact float) is reduced by pi/2 in double (a two-part pi/2: the
+ * remainder is exact to ~1e-16 for angles below 2^31), and sinf / cosf of
+ * the float remainder, on their fast path, are rotated by the quadrant:
+ * within ~2 ulp of the exact values, as the float fallback; below 105615
+ * the result is sinf / cosf's own, bit for bit. The extra code costs where
+ * it is never taken (H100, 30 layers: 4k decode -1.0%, an 8k prefill
+ * -1.7%), so only the decode kernels of steps past position 105615 use it
+ * (cu_wide_angles: the host picks them, a decode graph of their own);
+ * prefill keeps the fallback, paid once per chunk row rather than on each
+ * decode step's chain. */
+template <bool WIDE>
+static __device__ __forceinline__ void sincos_angle(float theta, float *s, float *c) {
+    float x = theta;
+    int q = 0;
+    if (WIDE && fabsf(theta) > 105615.0f) {
+        const double t = theta, k = rint(t * 0.63661977236758134308);
+        x = (float)fma(-k, 6.123233995736766036e-17, fma(-k, 1.5707963267948966192, t));
+        q = (int)((long long)k & 3);
+    }
+    const float cx = cosf(x), sx = sinf(x);
+    *s = q == 0 ? sx : q == 1 ? cx : q == 2 ? -sx : -cx;
+    *c = q == 0 ? cx : q == 1 ? -sx : q == 2 ? -cx : sx;
+}
+
+/* RoPE of one pair (a, b) at position pos with frequency f (CPU
+ * arithmetic); WIDE: sincos_angle's own reduction above 105615 */
+template <bool WIDE = false>
 static __device__ __forceinline__ void rope_pair(float &a, float &b, int64_t pos, float f, bool inverse) {
     const float theta = __fmul_rn((float)pos, f);
-    const float c = cosf(theta);
-    float s = sinf(theta);
+    float c, s;
+    sincos_angle<WIDE>(theta, &s, &c);
     if (inverse) s = -s;
     const float x = a, y = b;
     a = __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s));
     b = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
 }
 
+template <bool WIDE = false>
 static __device__ void srow_rope(float *x, uint32_t dim, uint32_t n_rot, const float *inv_freq, int64_t pos, bool inverse) {
     float *r = x + dim - n_rot;
     #pragma unroll 4
-    for (uint32_t k = threadIdx.x; k < n_rot / 2; k += blockDim.x) rope_pair(r[2 * k], r[2 * k + 1], pos, inv_freq[k], inverse);
+    for (uint32_t k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
+        rope_pair<WIDE>(r[2 * k], r[2 * k + 1], pos, inv_freq[k], inverse);
     __syncthreads();
 }
 

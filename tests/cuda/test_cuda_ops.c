@@ -672,11 +672,14 @@ static void test_heads(void) {
     float inv[32];
     ds4_rope_inv_freq(inv, 64, 160000, 16, 65536, 32, 1);
     static const uint32_t Ds[] = {128, 512};
+    /* wide: one token past position 105615, the decode kernel whose RoPE
+     * reduces the angles beyond sinf / cosf's fast range itself */
+    for (int wide = 0; wide < 2; wide++)
     for (int di = 0; di < 2; di++)
         for (int mode = 0; mode < 3; mode++) { /* q heads (norm), inverse, indexer (Hadamard + FP4) */
-            const uint32_t T = 3, H = 5, D = Ds[di];
+            const uint32_t T = wide ? 1 : 3, H = 5, D = Ds[di];
             if (mode == 2 && D != 128) continue;
-            const int64_t pos0 = 70001;
+            const int64_t pos0 = wide ? 300001 : 70001;
             float *x = falloc((size_t)T * H * D), *ref = falloc((size_t)T * H * D);
             fill(x, (size_t)T * H * D, 2.0f);
             memcpy(ref, x, (size_t)T * H * D * 4);
@@ -691,8 +694,9 @@ static void test_heads(void) {
                     }
                 }
             bool ok = ds4_cuda_test_head_post(x, T, H, D, 64, inv, pos0, mode == 0, mode == 1, mode == 2, err, sizeof err);
-            snprintf(name, sizeof name, "heads D=%u %s", D,
-                     mode == 0 ? "RMSNorm + RoPE" : mode == 1 ? "inverse RoPE" : "RoPE + Hadamard + FP4");
+            snprintf(name, sizeof name, "heads D=%u %s at %lld", D,
+                     mode == 0 ? "RMSNorm + RoPE" : mode == 1 ? "inverse RoPE" : "RoPE + Hadamard + FP4",
+                     (long long)pos0);
             if (!ok) report(name, INFINITY, 0, 0, 0, err);
             else if (mode == 2) compare(name, x, ref, (size_t)T * H * D, 0, 1e-5, 0.01);
             else compare(name, x, ref, (size_t)T * H * D, 2e-6, 0, 0);
@@ -937,10 +941,12 @@ static void test_side_decode(void) {
     static const struct {
         uint32_t ratio;
         int64_t pos0;
-    } cases[] = {{0, 9}, {4, 6}, {4, 7}, {128, 126}, {128, 255}};
-    const uint32_t D = 512, ID = 128, raw_cap = 16, comp_cap = 8;
+    } cases[] = {{0, 9}, {4, 6}, {4, 7}, {128, 126}, {128, 255}, {0, 150000}, {128, 200063}};
+    const uint32_t D = 512, ID = 128, raw_cap = 16;
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const uint32_t ratio = cases[c].ratio, W = (ratio == 4 ? 2 : 1) * D;
+        /* compressed rows are stored at their index: room up to this one */
+        const uint32_t comp_cap = ratio && cases[c].pos0 / ratio + 1 > 8 ? (uint32_t)(cases[c].pos0 / ratio + 1) : 8;
         void *m1, *m2;
         ds4_weight ape = make_weight(DS4_TYPE_F16, W, ratio ? ratio : 1, 1, 1.0f, &m1);
         ds4_weight iape = make_weight(DS4_TYPE_F16, 2 * ID, 4, 1, 1.0f, &m2);
@@ -960,8 +966,13 @@ static void test_side_decode(void) {
                                             cases[c].pos0, raw_cap, comp_cap, fused, sep, err, sizeof err);
         snprintf(name, sizeof name, "decode side branch in one launch, ratio %u at %lld", ratio,
                  (long long)cases[c].pos0);
-        if (ok) compare(name, fused, sep, n, 0, 0, 0);
-        else report(name, INFINITY, 0, 0, 0, err);
+        /* past position 105615 the fused launch reduces the RoPE angles
+         * itself (the decode variant) while the separate launches keep sinf /
+         * cosf's slow path: both within ~2 ulp of the exact rotation, so an
+         * F16 / FP4 rounding may fall the other way in a few elements */
+        if (!ok) report(name, INFINITY, 0, 0, 0, err);
+        else if (cases[c].pos0 > 105615) compare(name, fused, sep, n, 0, 1e-3, 0.002);
+        else compare(name, fused, sep, n, 0, 0, 0);
         free(norms); free(kv); free(ckv); free(csc); free(ikv); free(isc); free(fused); free(sep);
         free(m1); free(m2);
     }
