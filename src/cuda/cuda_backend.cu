@@ -60,7 +60,7 @@ bool cu_pdl_enabled(void) {
  * to the driver's default (the kernels prefill shares with decode, e.g. the
  * chunk HC and norm kernels, ran 2.5-3.6% slower after a decode with the
  * decode carveout), and the next decode step sets it again. */
-static bool g_in_decode;
+static bool g_in_decode; /* launches now belong to a decode step (decode_body, the profile) */
 static int g_carve_pct = -2;
 static bool g_carve_decode_only = true;
 static int g_carve_phase = -1; /* the phase the carved kernels are set for: 1 decode, 0 prefill */
@@ -85,7 +85,6 @@ void cu_carveout(const void *kernel) {
  * chunk: with dN, the carved kernels get N or the default back */
 static void carveout_phase(bool decode) {
     carveout_env();
-    g_in_decode = decode;
     if (g_carve_pct < 0 || !g_carve_decode_only || g_carve_phase == (int)decode) return;
     g_carve_phase = decode;
     for (const void *k : g_carved)
@@ -308,8 +307,6 @@ static bool cu_model_init(ds4_model *m, char *err, size_t errlen) {
     cm->split_side = switch_on("DS4_CUDA_HC_SPLIT_SIDE");
     cm->indexer_side = switch_on("DS4_CUDA_INDEXER_SIDE");
     cm->indexer_hcs = switch_on("DS4_CUDA_INDEXER_HCS");
-    const char *hf = getenv("DS4_CUDA_HC_FUSE"); /* off by default: -4.9% on H100 (docs/CUDA.md) */
-    cm->hc_fuse = hf && *hf == '1';
     const char *dp = getenv("DS4_CUDA_DOWN_PREFETCH");
     cm->down_prefetch = dp && !strcmp(dp, "1");
     const char *fe = getenv("DS4_CUDA_FIN");
@@ -881,6 +878,7 @@ __global__ void step_tail_kernel(int64_t *pos0, const int32_t *next, int32_t *to
 
 static void decode_body(fwd *F) {
     carveout_phase(true);
+    g_in_decode = true;
     run_layers(F, 1, NULL);
     output_head(F, 0, 1);
     cu_argmax(F->cm->st, F->cs->logits, 1, F->s->m->hp->n_vocab, F->cs->next, F->cs->amax);
@@ -1102,6 +1100,7 @@ extern "C" bool ds4_cuda_profile_decode(ds4_session *s, int32_t token, float *ti
     prof_mark first = {"start", start};
     marks.push_back(first);
     carveout_phase(true);
+    g_in_decode = true;
     run_layers(&F, 1, ev.data());
     g_in_decode = false;
     output_head(&F, 0, 1);

@@ -53,7 +53,6 @@ typedef struct cu_model : cu_alloc {
     bool fin_experts;   /* the routed experts' gate/up: the SwiGLU for their down */
     bool fin_shared;    /* the shared expert's gate/up: the SwiGLU for its down */
     bool fin_quant;     /* out_a: its output's Q8_0 form for out_b */
-    bool hc_fuse;       /* decode: each hc_post runs the next hc_pre in its launch (DS4_CUDA_HC_FUSE=1) */
 } cu_model;
 
 static inline cu_model *CM(const ds4_model *m) { return (cu_model *)m->bk; }
@@ -70,7 +69,6 @@ typedef struct {
 #define FIN_OUTA 1     /* out_a, a slot a group (up to 16) */
 #define FIN_EXP 17     /* the routed experts' gate/up, a slot a pair (up to 32) */
 #define FIN_SH 49      /* the shared expert's gate/up (side stream) */
-#define FIN_HCBAR 60   /* the decode hc_post's barrier before the next hc_pre (2 words) */
 
 typedef struct {
     std::vector<cu_lstate> ls;
@@ -118,7 +116,6 @@ typedef struct {
     bool gram;      /* cs->hcgram holds R's Gram partials (from the last hc_post) */
     bool topk_cluster; /* decode at a long context: the indexer's top-k over a cluster of blocks */
     bool wide;         /* decode past position 105615: RoPE kernels for large angles (cu_wide_angles) */
-    bool pre_fused; /* the last hc_post also ran the next hc_pre (cu_hc_post with hc_next) */
 } fwd;
 
 /* the side stream for a layer's independent branches (the main stream when

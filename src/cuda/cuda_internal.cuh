@@ -486,22 +486,10 @@ size_t cu_hc_gram_doubles(uint32_t C, uint32_t E);
  * added in cu_moe_sum's order first; with gram (cu_hc_gram_doubles) and one
  * token also the Gram partials of the new R, *gram_formed saying whether
  * they were formed (4 streams with the mix) */
-/* the next hyper-connection's pre for cu_hc_post to run in its launch
- * (decode, with the Gram partials; the Sinkhorn split stays a launch of its
- * own): what cu_hc_pre would get, and bar, two device words, zero at first,
- * for the blocks' barrier */
-typedef struct {
-    int on;
-    hc_params hp;
-    const float *norm;
-    float eps;
-    dact out;
-    unsigned *bar;
-} hc_next;
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
                     uint32_t C, uint32_t E, const dweight *next_fn = NULL, float *part = NULL,
                     const float *ye = NULL, const int32_t *ids = NULL, uint32_t K = 0, double *gram = NULL,
-                    bool *gram_formed = NULL, const hc_next *next_pre = NULL, bool *pre_done = NULL);
+                    bool *gram_formed = NULL);
 /* rows x n: out = RMSNorm(x; w) (w may be NULL) with its quantized forms; x may be out.f */
 void cu_rmsnorm(cudaStream_t st, const float *x, dact &out, const float *w, uint32_t rows, uint32_t n, float eps);
 /* Per head of T x H heads of dim D: RMSNorm (no weight, if norm), RoPE tail

@@ -79,10 +79,7 @@ static bool hc_pre_step(fwd *F, const dweight &fn, const float *scale, const flo
         cu_hc_split(hcs_of(F), *hcp, cs->hcpart, E, eps, cs->pre, cs->post, cs->comb);
         kcheck(F, half == 0 ? "hc split (attention)" : "hc split (ffn)");
     }
-    /* (the last hc_post ran it already: its Gram path with the split apart) */
-    const bool done = F->pre_fused && split_side;
-    F->pre_fused = false;
-    if (!skipped(name, T) && !done)
+    if (!skipped(name, T))
         cu_hc_pre(sm, *hcp, cs->hcpart, cs->R, T, E, norm, eps, cs->pre, cs->post, cs->comb, out,
                   F->gram ? cs->hcgram : NULL, split_side);
     F->gram = false;
@@ -112,40 +109,6 @@ static void trace_indexer(fwd *F, uint32_t il, uint32_t T) {
     }
 }
 
-/* the attention half's input in the forms layer il's projections read (decode) */
-static dact attn_input_forms(const fwd *F, uint32_t il, uint32_t T) {
-    const cu_layer *L = &F->cm->L[il];
-    const uint32_t ratio = F->s->m->hp->compress_ratio[il];
-    if (T != 1) return F->cs->a;
-    return forms_for(F->cs->a, {&L->q_a, &L->kv, ratio ? &L->comp_kv : NULL, ratio ? &L->comp_gate : NULL,
-                                ratio == 4 ? &L->idx_kv : NULL, ratio == 4 ? &L->idx_gate : NULL,
-                                ratio == 4 ? &L->idx_proj : NULL});
-}
-
-/* decode: the hc_pre that follows this hc_post (the FFN half of layer il,
- * or the attention half of layer il + 1), for cu_hc_post to run in its
- * launch (DS4_CUDA_HC_FUSE=1; by default a launch of its own: the blocks'
- * barrier cost more than the launch, -4.9% on H100); off where hc_pre_step
- * would not take the Gram path with the split apart */
-static hc_next next_pre(const fwd *F, uint32_t il, bool ffn_next, uint32_t T) {
-    const ds4_hparams *hp = F->s->m->hp;
-    const cu_model *cm = F->cm;
-    hc_next nx;
-    memset(&nx, 0, sizeof nx);
-    const char *name = ffn_next ? "hc pre (ffn)" : "hc pre (attention)";
-    if (T != 1 || !cm->hc_fuse || !cm->hc_gram || !cm->split_side || hp->n_hc != 4 || skipped(name, T)) return nx;
-    if (!ffn_next && il + 1 >= hp->n_layer) return nx;
-    const cu_layer *L = &cm->L[ffn_next ? il : il + 1];
-    nx.on = 1;
-    nx.hp = {ffn_next ? L->hc_ffn_scale : L->hc_attn_scale, ffn_next ? L->hc_ffn_base : L->hc_attn_base, hp->n_hc,
-             hp->hc_sinkhorn_iter, (float)hp->hc_eps, 0};
-    nx.norm = ffn_next ? L->ffn_norm : L->attn_norm;
-    nx.eps = (float)hp->rms_eps;
-    nx.out = ffn_next ? F->cs->f : attn_input_forms(F, il + 1, T);
-    nx.bar = F->cs->fin_cnt + FIN_HCBAR;
-    return nx;
-}
-
 void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     const ds4_model *m = F->s->m;
     const ds4_hparams *hp = m->hp;
@@ -160,7 +123,11 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     const float eps = (float)hp->rms_eps;
     const float *rope = ratio ? cm->rope_comp : cm->rope_main;
 
-    const dact a_out = attn_input_forms(F, il, T);
+    dact a_out = cs->a;
+    if (T == 1)
+        a_out = forms_for(cs->a, {&L->q_a, &L->kv, ratio ? &L->comp_kv : NULL, ratio ? &L->comp_gate : NULL,
+                                  ratio == 4 ? &L->idx_kv : NULL, ratio == 4 ? &L->idx_gate : NULL,
+                                  ratio == 4 ? &L->idx_proj : NULL});
     hc_params hcp;
     bool split_hcs;
     const bool split_side = hc_pre_step(F, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, a_out, T,
@@ -330,11 +297,10 @@ void attention_layer(fwd *F, uint32_t il, uint32_t T) {
     if (!skipped("out_b", T)) cu_matvec(sm, jb, 1, T);
     kcheck(F, "out_b");
     if (split_hcs) join_hcs(F);
-    const hc_next nx = next_pre(F, il, true, T);
     F->mix_S = skipped("hc post (attention)", T)
                    ? cu_hc_post_splits(E)
                    : cu_hc_post(sm, cs->R, cs->y, cs->post, cs->comb, T, C, E, &L->hc_ffn_fn, cs->hcpart, NULL, NULL, 0,
-                                cm->hc_gram ? cs->hcgram : NULL, &F->gram, &nx, &F->pre_fused);
+                                cm->hc_gram ? cs->hcgram : NULL, &F->gram);
     kcheck(F, "hc post (attention)");
 }
 
@@ -457,12 +423,10 @@ void ffn_layer(fwd *F, uint32_t il, uint32_t T) {
     if (split_hcs) join_hcs(F);
     /* the next mix: the next layer's attention, or the output head of a decode step */
     const dweight *next = il + 1 < hp->n_layer ? &cm->L[il + 1].hc_attn_fn : T == 1 ? &cm->out_hc_fn : NULL;
-    const hc_next nx = next_pre(F, il, false, T);
     /* the expert sum (shared + routed rows in the CPU's order) happens inside */
     F->mix_S = skipped("expert sum + hc post (ffn)", T)
                    ? cu_hc_post_splits(E)
                    : cu_hc_post(sm, cs->R, cs->ysh, cs->post, cs->comb, T, C, E, next, cs->hcpart, cs->ye, cs->ids, K,
-                                cm->hc_gram && il + 1 < hp->n_layer ? cs->hcgram : NULL, &F->gram, &nx,
-                                &F->pre_fused);
+                                cm->hc_gram && il + 1 < hp->n_layer ? cs->hcgram : NULL, &F->gram);
     kcheck(F, "expert sum + hc post (ffn)");
 }

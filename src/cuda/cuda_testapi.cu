@@ -746,21 +746,8 @@ extern "C" bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const floa
     if (!S.ok) return false;
     double *dgram = gram ? S.dev<double>(cu_hc_gram_doubles(C, E)) : NULL;
     if (!S.ok) return false;
-    bool gram_formed = false, pre_done = false;
-    /* gram 3: the next hc_pre inside the hc_post launch (cu_hc_post with hc_next), the split alone */
-    hc_next nx;
-    memset(&nx, 0, sizeof nx);
-    if (gram == 3) {
-        nx = {1, {dsc, dbase, C, iters, hc_eps, 0}, dnorm, rms_eps, dout, S.dev<unsigned>(2)};
-        if (!S.ok) return false;
-        cudaMemsetAsync(nx.bar, 0, 8, S.st);
-    }
-    const uint32_t Sp = cu_hc_post(S.st, dR, dy, dpost, dcomb, T, C, E, &dw, part, NULL, NULL, 0, dgram, &gram_formed,
-                                   gram == 3 ? &nx : NULL, &pre_done);
-    if (gram == 3 && !pre_done) {
-        snprintf(err, errlen, "hc_post did not run the next hc_pre");
-        return false;
-    }
+    bool gram_formed = false;
+    const uint32_t Sp = cu_hc_post(S.st, dR, dy, dpost, dcomb, T, C, E, &dw, part, NULL, NULL, 0, dgram, &gram_formed);
     if (!Sp) {
         snprintf(err, errlen, "hc_post did not form the mix partials");
         return false;
@@ -773,8 +760,8 @@ extern "C" bool ds4_cuda_test_hc_post_fused(float *R, const float *y, const floa
         cu_head_hc(S.st, dw, dsc, dbase, dR, T, C, E, rms_eps, hc_eps, dnorm, part, dout, Sp);
     } else {
         hc_params hp = {dsc, dbase, C, iters, hc_eps, Sp};
-        if (gram != 3) cu_hc_pre(S.st, hp, part, dR, T, E, dnorm, rms_eps, dpre2, dpost2, dcomb2, dout, dgram, gram == 2);
-        if (gram >= 2) cu_hc_split(S.st, hp, part, E, rms_eps, dpre2, dpost2, dcomb2);
+        cu_hc_pre(S.st, hp, part, dR, T, E, dnorm, rms_eps, dpre2, dpost2, dcomb2, dout, dgram, gram == 2);
+        if (gram == 2) cu_hc_split(S.st, hp, part, E, rms_eps, dpre2, dpost2, dcomb2);
         S.get(pre2, dpre2, T * C);
         S.get(post2, dpost2, T * C);
         S.get(comb2, dcomb2, T * C * C);

@@ -228,22 +228,33 @@ __global__ void hc_pre_kernel(hc_params hp, const float *part, uint32_t T, const
  * hc_pre_kernel's arithmetic; the norm's scale differs from the sum over
  * the rounded x by double rounding only. */
 #define HCG_COLS 256
-/* column block blk of the Gram path's hc_pre (every thread of a 256-thread
- * block): the partials' sums, pre, x = sum_c pre_c R_c, its RMSNorm by the
- * quadratic form, out's floats and quantized forms. L2: read through L2
- * (the fused caller, hc_post_next_pre, reads rows other blocks of its own
- * launch just wrote; plain loads measured faster for the launch of its
- * own). w: the norm weight of this thread's column. */
-template <uint32_t C, bool L2>
-static __device__ __forceinline__ void hc_pre_gram_cols(const hc_params &hp, const float *part, const double *gram,
-                                                        const float *R, uint32_t E, const float *norm, float w,
-                                                        float eps, const dact &out, uint32_t blk) {
+template <uint32_t C>
+__global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, const float *part, const double *gram,
+                                                              const float *R, uint32_t E, const float *norm, float eps,
+                                                              float *pre, float *post, float *comb, dact out,
+                                                              uint32_t ncb) {
     constexpr uint32_t M = (2 + C) * C, NG = C * (C + 1) / 2, ROWS = C + 1 + NG;
-    const uint32_t S = hp.S, e0 = blk * HCG_COLS, e = e0 + threadIdx.x;
+    const uint32_t nb = ncb, S = hp.S, e0 = blockIdx.x * HCG_COLS, e = e0 + threadIdx.x;
     const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const float w = blockIdx.x < nb && norm ? norm[e] : 1.0f; /* a weight: before pdl_wait */
+    pdl_wait();
+    pdl_trigger();
+    if (blockIdx.x == nb) { /* the Sinkhorn split (post, comb) and pre */
+        __shared__ float s_mix[HC_MIX_MAX], s_pre[HC_MAX], s_post[HC_MAX], s_comb[HC_MAX * HC_MAX];
+        hc_mix_finish(part, 1, M, S, C * E, eps, 0, s_mix);
+        if (wid) return;
+        hc_split_warp(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
+        __syncwarp();
+        if (lane < C) {
+            pre[lane] = s_pre[lane];
+            post[lane] = s_post[lane];
+        }
+        if (lane < C * C) comb[lane] = s_comb[lane];
+        return;
+    }
     float v[C];
 #pragma unroll
-    for (uint32_t c = 0; c < C; c++) v[c] = L2 ? __ldcg(R + (size_t)c * E + e) : R[(size_t)c * E + e];
+    for (uint32_t c = 0; c < C; c++) v[c] = R[(size_t)c * E + e];
     /* the partials' sums: mix rows 0..C-1 (hc_mix_finish's order), the sum
      * of squares of R, the Gram entries */
     __shared__ double s_d[ROWS];
@@ -252,9 +263,7 @@ static __device__ __forceinline__ void hc_pre_gram_cols(const hc_params &hp, con
     for (uint32_t r = wid; r < ROWS; r += HCG_COLS / 32) {
         double d = 0;
         for (uint32_t sp = lane; sp < S; sp += 32)
-            d += r < C    ? (double)(L2 ? __ldcg(part + (size_t)r * S + sp) : part[(size_t)r * S + sp])
-                 : r == C ? (L2 ? __ldcg(ssp + sp) : ssp[sp])
-                          : (L2 ? __ldcg(gram + (size_t)(r - C - 1) * S + sp) : gram[(size_t)(r - C - 1) * S + sp]);
+            d += r < C ? (double)part[(size_t)r * S + sp] : r == C ? ssp[sp] : gram[(size_t)(r - C - 1) * S + sp];
         d = warp_sum_d(d);
         if (lane == 0) s_d[r] = d;
     }
@@ -281,76 +290,6 @@ static __device__ __forceinline__ void hc_pre_gram_cols(const hc_params &hp, con
     __syncthreads();
     const qrow q = qrow_of(out, 0, e0);
     srow_quantize_warps(s_x, HCG_COLS, q.q8, q.d8, q.qk, q.dk, q.bk, wid, HCG_COLS / 32);
-}
-
-template <uint32_t C>
-__global__ void __launch_bounds__(HCG_COLS) hc_pre_gram_kernel(hc_params hp, const float *part, const double *gram,
-                                                              const float *R, uint32_t E, const float *norm, float eps,
-                                                              float *pre, float *post, float *comb, dact out,
-                                                              uint32_t ncb) {
-    constexpr uint32_t M = (2 + C) * C;
-    const uint32_t nb = ncb, S = hp.S, e = blockIdx.x * HCG_COLS + threadIdx.x;
-    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    const float w = blockIdx.x < nb && norm ? norm[e] : 1.0f; /* a weight: before pdl_wait */
-    pdl_wait();
-    pdl_trigger();
-    if (blockIdx.x == nb) { /* the Sinkhorn split (post, comb) and pre */
-        __shared__ float s_mix[HC_MIX_MAX], s_pre[HC_MAX], s_post[HC_MAX], s_comb[HC_MAX * HC_MAX];
-        hc_mix_finish(part, 1, M, S, C * E, eps, 0, s_mix);
-        if (wid) return;
-        hc_split_warp(s_mix, hp.scale, hp.base, C, hp.iters, hp.eps, s_pre, s_post, s_comb);
-        __syncwarp();
-        if (lane < C) {
-            pre[lane] = s_pre[lane];
-            post[lane] = s_post[lane];
-        }
-        if (lane < C * C) comb[lane] = s_comb[lane];
-        return;
-    }
-    hc_pre_gram_cols<C, false>(hp, part, gram, R, E, norm, w, eps, out, blockIdx.x);
-}
-
-/* The decode hc_post's blocks, once each has written its partials, meet at
- * a sense-reversing barrier (bar[0] counts arrivals by an acq_rel atomic,
- * the last one resets it and flips bar[1] by a release store, which the
- * waiting blocks poll with acquire loads; the block barrier before thread
- * 0's release carries the block's writes, the release being cumulative);
- * the first E / 256 blocks then run the next hyper-connection's pre columns
- * (hc_pre_gram_cols), so cu_hc_pre's launch leaves the chain
- * (DS4_CUDA_HC_FUSE=1; it measured 4.9% slower on H100 than the launch:
- * waiting for the slowest of the 64 blocks and then the pre's work at the
- * grid's end cost more than a programmatic dependent launch's wait). All
- * blocks are resident (64 for E = 4096): the next launch is scheduled only
- * after every block passed pdl_trigger, and the kernel before this one does
- * not wait for it. */
-static __device__ __forceinline__ unsigned ld_acquire(const unsigned *p) {
-    unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-static __device__ __noinline__ void hc_post_next_pre(const hc_next &nx, const float *part, const double *gram,
-                                                     const float *R, uint32_t E) {
-    const uint32_t ncb = E / HCG_COLS;
-    __shared__ bool s_go;
-    const float w = blockIdx.x < ncb && nx.norm ? nx.norm[blockIdx.x * HCG_COLS + threadIdx.x] : 1.0f;
-    __syncthreads(); /* the block's partials and R columns, then thread 0's release (cumulative) */
-    if (threadIdx.x == 0) {
-        unsigned *cnt = nx.bar, *sense = nx.bar + 1;
-        const unsigned my = ld_acquire(sense); /* read before arriving: the flip comes after every arrival */
-        unsigned old;
-        asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;" : "=r"(old) : "l"(cnt) : "memory");
-        if (old == gridDim.x - 1) {
-            asm volatile("st.relaxed.gpu.global.u32 [%0], 0;" ::"l"(cnt) : "memory");
-            asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(sense), "r"(my ^ 1u) : "memory");
-        } else if (blockIdx.x < ncb) {
-            while (ld_acquire(sense) == my) {
-            }
-        }
-        s_go = blockIdx.x < ncb;
-    }
-    __syncthreads();
-    if (!s_go) return;
-    hc_pre_gram_cols<4, true>(nx.hp, part, gram, R, E, nx.norm, w, nx.eps, nx.out, blockIdx.x);
 }
 
 size_t cu_hc_gram_doubles(uint32_t C, uint32_t E) { return (size_t)C * (C + 1) / 2 * cu_hc_post_splits(E); }
@@ -526,11 +465,11 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_kernel(float *R, const floa
  * Same per-lane sums as hc_post_kernel (b outer, the lane's columns inner)
  * and the same warp tree, so the mix partials are bit-identical. */
 #define HCPT_TOKENS 16
-template <uint32_t CT, int FT, uint32_t WPT, bool NX = false>
+template <uint32_t CT, int FT, uint32_t WPT>
 __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const float *y, const float *post,
                                                                 const float *comb, uint32_t E, dweight fn, float *part,
                                                                 const float *ye, const int32_t *ids, uint32_t K,
-                                                                uint32_t T, double *gram, hc_next nx) {
+                                                                uint32_t T, double *gram) {
     constexpr uint32_t ES = FT == 0 ? 4 : 2;
     constexpr uint32_t TPB = WPT == 1 ? HCPT_TOKENS : 1; /* tokens a block */
     extern __shared__ __align__(16) unsigned char s_fn[];
@@ -646,32 +585,27 @@ __global__ void __launch_bounds__(HCP_BLOCK) hc_post_tok_kernel(float *R, const 
             ssp[(size_t)t * S + blockIdx.x] = ss;
         }
     }
-    if constexpr (NX && WPT > 1 && CT == 4) hc_post_next_pre(nx, part, gram, R, E);
 }
 
-template <uint32_t CT, int FT, uint32_t WPT, bool NX = false>
+template <uint32_t CT, int FT, uint32_t WPT>
 static void hc_post_tok_launch(dim3 grid, size_t smem, cudaStream_t st, float *R, const float *y, const float *post,
                                const float *comb, uint32_t E, const dweight &fn, float *part, const float *ye,
-                               const int32_t *ids, uint32_t K, uint32_t T, double *gram, const hc_next &nx) {
+                               const int32_t *ids, uint32_t K, uint32_t T, double *gram) {
     static bool attr = false;
     if (!attr) {
-        cudaFuncSetAttribute(hc_post_tok_kernel<CT, FT, WPT, NX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             HCP_FN_SMEM);
+        cudaFuncSetAttribute(hc_post_tok_kernel<CT, FT, WPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, HCP_FN_SMEM);
         attr = true;
     }
-    cu_launch(hc_post_tok_kernel<CT, FT, WPT, NX>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T,
-              gram, nx);
+    cu_launch(hc_post_tok_kernel<CT, FT, WPT>, grid, HCP_BLOCK, smem, st, R, y, post, comb, E, fn, part, ye, ids, K, T,
+              gram);
 }
 
 uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post, const float *comb, uint32_t T,
                     uint32_t C, uint32_t E, const dweight *next_fn, float *part, const float *ye, const int32_t *ids,
-                    uint32_t K, double *gram, bool *gram_formed, const hc_next *next_pre, bool *pre_done) {
+                    uint32_t K, double *gram, bool *gram_formed) {
     dweight none;
     memset(&none, 0, sizeof none);
     if (gram_formed) *gram_formed = false;
-    if (pre_done) *pre_done = false;
-    hc_next nx;
-    memset(&nx, 0, sizeof nx);
     const bool mix = next_fn && next_fn->q && next_fn->n_out <= HC_MIX_MAX && part;
     const uint32_t TB = T >= 64 ? 8 : 1; /* tokens a block */
     dim3 grid(cu_hc_post_splits(E), (T + TB - 1) / TB);
@@ -707,27 +641,15 @@ uint32_t cu_hc_post(cudaStream_t st, float *R, const float *y, const float *post
         const int ft = !mix || es == 4 ? 0 : next_fn->type == DS4_TYPE_BF16 ? 2 : 1;
         if (T > 1) {
             const dim3 g2(grid.x, (T + HCPT_TOKENS - 1) / HCPT_TOKENS);
-            if (ft == 0) hc_post_tok_launch<4, 0, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL, nx);
-            else if (ft == 2)
-                hc_post_tok_launch<4, 2, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL, nx);
-            else hc_post_tok_launch<4, 1, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL, nx);
+            if (ft == 0) hc_post_tok_launch<4, 0, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
+            else if (ft == 2) hc_post_tok_launch<4, 2, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
+            else hc_post_tok_launch<4, 1, 1>(g2, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, NULL);
         } else {
             const dim3 g1(grid.x, T);
             double *gr = mix ? gram : NULL;
-            /* the next hc_pre in this launch (its Gram path with the split elsewhere) */
-            if (gr && next_pre && next_pre->on && T == 1 && E % HCG_COLS == 0 && next_pre->bar) {
-                nx = *next_pre;
-                nx.hp.S = grid.x;
-                if (pre_done) *pre_done = true;
-            }
-            if (nx.on) { /* (its own instantiation: the others' code stays as it was) */
-                if (ft == 0) hc_post_tok_launch<4, 0, 8, true>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
-                else if (ft == 2)
-                    hc_post_tok_launch<4, 2, 8, true>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
-                else hc_post_tok_launch<4, 1, 8, true>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
-            } else if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
-            else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
-            else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr, nx);
+            if (ft == 0) hc_post_tok_launch<4, 0, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
+            else if (ft == 2) hc_post_tok_launch<4, 2, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
+            else hc_post_tok_launch<4, 1, 8>(g1, smem, st, R, y, post, comb, E, fw, pp, yes, ids, K, T, gr);
             if (gram_formed) *gram_formed = gr != NULL;
         }
         return mix ? grid.x : 0;

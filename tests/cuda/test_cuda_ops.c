@@ -533,12 +533,8 @@ static void test_hc(void) {
                  * its quantized forms against the one-block path's (equal
                  * unless the norm's scale moved a rounding tie) */
                 const bool ok1 = ok;
-                float *out_m2 = falloc((size_t)T * E), *q8_m2 = falloc((size_t)T * E);
-                /* 2: the Sinkhorn split its own launch (the side stream's); 3: and hc_pre inside hc_post's launch */
-                for (int mode = 1; mode <= 3; mode++) {
-                    const char *what = mode == 1   ? "hc_post + Gram, hc_pre over blocks"
-                                       : mode == 2 ? "hc_pre over blocks, split alone"
-                                                   : "hc_pre in hc_post's launch, split alone";
+                for (int mode = 1; mode <= 2; mode++) { /* 2: the Sinkhorn split its own launch (the side stream's) */
+                    const char *what = mode == 1 ? "hc_post + Gram, hc_pre over blocks" : "hc_pre over blocks, split alone";
                     memcpy(Rf, Rorig, (size_t)T * C * E * 4);
                     ok = ds4_cuda_test_hc_post_fused(Rf, y, post, comb, T, C, E, &fn, scale, base, iters, 1e-6f, 1e-6f,
                                                      norm, false, mode, gpre2, gpost2, gcomb2, gout2, q8b, dkb, err,
@@ -553,17 +549,6 @@ static void test_hc(void) {
                     if (ok) compare(name, gcomb2, comb2, T * C * C, 1e-5, 0, 0);
                     snprintf(name, sizeof name, "%s E=%u: collapsed + RMSNorm", what, E);
                     if (ok) compare(name, gout2, out2, (size_t)T * E, 2e-5, 0, 0);
-                    if (ok && mode >= 2)
-                        for (size_t i = 0; i < (size_t)T * E; i++) {
-                            if (mode == 2) out_m2[i] = gout2[i], q8_m2[i] = q8b[i];
-                            else gout2[i] -= out_m2[i], q8b[i] = (int8_t)(q8b[i] - (int8_t)q8_m2[i]);
-                        }
-                    if (ok && mode == 3) { /* = the separate launches, element for element */
-                        double dmax = 0;
-                        for (size_t i = 0; i < (size_t)T * E; i++) dmax = fmax(dmax, fabs(gout2[i]) + abs(q8b[i]));
-                        snprintf(name, sizeof name, "%s E=%u: = separate launches", what, E);
-                        report(name, dmax, 0, 0, 0, NULL);
-                    }
                     if (ok && ok1 && mode == 1) {
                         float *fa = falloc((size_t)T * E), *fb = falloc((size_t)T * E);
                         for (size_t i = 0; i < (size_t)T * E; i++) fa[i] = q8a[i], fb[i] = q8b[i];
@@ -575,8 +560,6 @@ static void test_hc(void) {
                         free(fb);
                     }
                 }
-                free(out_m2);
-                free(q8_m2);
             }
             free(q8a); free(q8b); free(dka); free(dkb);
             free(Rf); free(pre2); free(post2); free(comb2); free(out2); free(gpre2); free(gpost2); free(gcomb2); free(gout2);
