@@ -454,14 +454,13 @@ static bool in_dsml_syntax(const char *t, size_t n) {
 
 /* tool_choice required / named (srv_request.tool_force): the answer starts
  * with a call. Its opening, up to the invoke's name (with the name when one
- * is named), is forced token by token once the reasoning is over; for
- * "required" the name is then taken greedily among the tokens that keep it
- * a prefix of some tool's `NAME">` + newline, until one is complete. The
- * parameters are the model's (DSML syntax greedy, as always). */
+ * is named), goes through the forced tokens (generate's `force`) once the
+ * reasoning is over; for "required" the name is then taken greedily among
+ * the tokens that keep it a prefix of some tool's `NAME">` + newline, until
+ * one is complete. The parameters are the model's (DSML syntax greedy, as
+ * always). */
 typedef struct {
     int phase;        /* 0 before the answer, 1 forcing the opening, 2 choosing the name, 3 done */
-    ds4_tokens ids;
-    size_t at;
     size_t name_from; /* raw offset where the name starts (phase 2) */
 } tool_force;
 
@@ -540,21 +539,17 @@ static void generate(srv_engine *e, srv_job *j) {
                 name.end = open.n;
                 sb_puts(&open, "\">\n");
             }
-            ds4_tokenize_spans(e->tok, open.p, open.n, &name, name.end > name.start, &tf.ids);
+            force.n = 0; /* (the request's forced tokens are all out) */
+            fi = 0;
+            ds4_tokenize_spans(e->tok, open.p, open.n, &name, name.end > name.start, &force);
             sb_free(&open);
             tf.phase = 1;
         }
-        if (tf.phase == 1 && tf.at == tf.ids.n) {
+        if (tf.phase == 1 && fi >= force.n) {
             tf.phase = rq->tool_force == 2 ? 3 : 2;
             tf.name_from = raw.n;
         }
-        if (tf.phase == 1) {
-            for (uint32_t v = 0; v < e->vocab; v++) e->masked[v] = -INFINITY;
-            const int32_t f = tf.ids.ids[tf.at++];
-            if (f >= 0 && (uint32_t)f < e->vocab) e->masked[f] = 0;
-            logits = e->masked;
-            tool_forced = true;
-        } else if (tf.phase == 2) {
+        if (tf.phase == 2) {
             bool any = false, done;
             for (uint32_t v = 0; v < e->vocab; v++) {
                 size_t tl;
@@ -656,7 +651,6 @@ static void generate(srv_engine *e, srv_job *j) {
     sb_free(&g.prefix);
     sb_free(&raw);
     ds4_tokens_free(&force);
-    ds4_tokens_free(&tf.ids);
     ds4_sampler_free(sampler);
     ds4_sampler_free(greedy);
     ds4_dsml_parser_free(parser);
